@@ -1,0 +1,297 @@
+"""The TernaryFLUX checkpoint format: reading, validating and atomically writing it.
+
+See ``docs/FORMAT.md`` for the specification. In short, a checkpoint is a safetensors file whose
+header metadata carries one JSON entry ``"ternaryflux"``; each ternary layer ``P`` stores
+``P.weight`` (uint8 packed codes), ``P.weight_scale`` (float32 ``[N, G]``), ``P.weight_shape``
+(int64 ``[2]``) and, if it has one, ``P.bias``; every other tensor is stored as in the source.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..version import __version__
+from .flux_layout import is_ternary_layer
+from .packing import base3_to_2bit, packed_2bit_cols, packed_base3_cols, twobit_to_base3
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "ternaryflux"
+FORMAT_VERSION = 1
+METADATA_KEY = "ternaryflux"
+PACKINGS = ("2bit", "base3")
+ARCHITECTURES = ("flux", "generic")
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+class TernaryFormatError(ValueError):
+    """A file is not a valid TernaryFLUX checkpoint. The message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass
+class TernaryMetadata:
+    """What the ``"ternaryflux"`` header entry holds."""
+
+    packing: str = "2bit"
+    group_size: int = 0
+    architecture: str = "flux"
+    variant: str | None = None
+    source_name: str | None = None
+    source_sha256: str | None = None
+    method: str = "absmean"
+    method_params: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
+    tool_version: str = __version__
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, path: str | os.PathLike = "<memory>") -> TernaryMetadata:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise TernaryFormatError(path, f"the {METADATA_KEY!r} header entry is not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise TernaryFormatError(path, f"the {METADATA_KEY!r} header entry must be a JSON object")
+        if d.get("format") != FORMAT_NAME:
+            raise TernaryFormatError(path, f"header format is {d.get('format')!r}, expected {FORMAT_NAME!r}")
+        v = d.get("format_version")
+        if not isinstance(v, int) or v > FORMAT_VERSION or v < 1:
+            raise TernaryFormatError(
+                path,
+                f"unknown format version {v!r}: this TernaryFLUX ({__version__}) reads versions 1..{FORMAT_VERSION}; "
+                "update the node pack",
+            )
+        known = set(cls.__dataclass_fields__)
+        extra = set(d) - known
+        if extra:
+            log.debug("%s: ignoring unknown metadata fields %s", path, sorted(extra))
+        md = cls(**{k: d[k] for k in known if k in d})
+        md.validate(path)
+        return md
+
+    def validate(self, path: str | os.PathLike = "<memory>") -> None:
+        if self.packing not in PACKINGS:
+            raise TernaryFormatError(path, f"unknown packing {self.packing!r} (expected one of {PACKINGS})")
+        if self.architecture not in ARCHITECTURES:
+            raise TernaryFormatError(path, f"unknown architecture {self.architecture!r} (expected one of {ARCHITECTURES})")
+        if not isinstance(self.group_size, int) or self.group_size < 0 or self.group_size % 128:
+            raise TernaryFormatError(path, f"group_size {self.group_size!r} must be 0 or a positive multiple of 128")
+        if not isinstance(self.method, str) or not isinstance(self.method_params, dict):
+            raise TernaryFormatError(path, "method must be a string and method_params an object")
+        if self.calibration is not None and not isinstance(self.calibration, dict):
+            raise TernaryFormatError(path, "calibration must be an object or null")
+
+
+# ----------------------------------------------------------------------------- header
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse and check a safetensors header without loading tensors.
+
+    Raises :class:`TernaryFormatError` when the file is not safetensors or is truncated.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise TernaryFormatError(p, "no such file")
+    size = p.stat().st_size
+    with p.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise TernaryFormatError(p, f"not a safetensors file ({size} bytes, too short for a header)")
+        (n,) = struct.unpack("<Q", head)
+        if n == 0 or n > _MAX_HEADER or n + 8 > size:
+            if 0 < n <= _MAX_HEADER:
+                raise TernaryFormatError(p, f"truncated: header says {n} bytes but the file has {size - 8}")
+            raise TernaryFormatError(p, "not a safetensors file (bad header length)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise TernaryFormatError(p, "not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise TernaryFormatError(p, "not a safetensors file (header is not a JSON object)")
+    end = 0
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        if not isinstance(v, dict) or "data_offsets" not in v:
+            raise TernaryFormatError(p, f"not a safetensors file (bad entry {k!r})")
+        end = max(end, int(v["data_offsets"][1]))
+    if 8 + n + end > size:
+        raise TernaryFormatError(p, f"truncated: tensors need {8 + n + end} bytes but the file has {size}")
+    return header
+
+
+def header_metadata(header: Mapping[str, Any]) -> dict[str, str]:
+    return dict(header.get("__metadata__") or {})
+
+
+def is_ternary_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a safetensors file carrying TernaryFLUX metadata (not validated)."""
+    try:
+        return METADATA_KEY in header_metadata(read_header(path))
+    except TernaryFormatError:
+        return False
+
+
+def describe_file(path: str | os.PathLike) -> str:
+    """One line saying what a (non-ternary or ternary) file is, for error messages."""
+    try:
+        header = read_header(path)
+    except TernaryFormatError as e:
+        return e.problem
+    meta = header_metadata(header)
+    keys = [k for k in header if k != "__metadata__"]
+    if METADATA_KEY in meta:
+        return f"a TernaryFLUX checkpoint ({len(keys)} tensors)"
+    dtypes: dict[str, int] = {}
+    for k in keys:
+        dtypes[header[k]["dtype"]] = dtypes.get(header[k]["dtype"], 0) + 1
+    main = max(dtypes, key=dtypes.get) if dtypes else "no"
+    stripped = [k.removeprefix("model.diffusion_model.") for k in keys]
+    if "img_in.weight" in stripped and any(k.startswith("double_blocks.") for k in stripped):
+        kind = "a plain FLUX transformer in BFL layout"
+    elif any(k.startswith("transformer_blocks.") for k in stripped) and "x_embedder.weight" in stripped:
+        kind = "a plain FLUX transformer in diffusers layout"
+    else:
+        kind = "a safetensors file that is not a FLUX transformer"
+    return f"{kind} ({len(keys)} tensors, mostly {main}), not a TernaryFLUX checkpoint"
+
+
+# ----------------------------------------------------------------------------- read
+
+
+@dataclass
+class TernaryCheckpoint:
+    """A loaded checkpoint: a state dict in the runtime 2-bit layout plus its metadata."""
+
+    state_dict: dict[str, torch.Tensor]
+    metadata: TernaryMetadata
+    ternary_layers: list[str]
+    path: str
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.state_dict.values())
+
+
+def _ternary_prefixes(keys) -> list[str]:
+    return sorted({k[: -len(".weight_scale")] for k in keys if k.endswith(".weight_scale")})
+
+
+def validate_state_dict(
+    sd: Mapping[str, torch.Tensor], meta: TernaryMetadata, path: str | os.PathLike = "<memory>"
+) -> list[str]:
+    """Check every ternary layer of ``sd`` (stored in ``meta.packing``); returns their prefixes."""
+    prefixes = _ternary_prefixes(sd)
+    if not prefixes:
+        raise TernaryFormatError(path, "has TernaryFLUX metadata but no ternary layer (no '*.weight_scale' tensor)")
+    pset = set(prefixes)
+    for k, t in sd.items():
+        if k.endswith(".weight") and t.dtype == torch.uint8 and k[: -len(".weight")] not in pset:
+            raise TernaryFormatError(path, f"missing scale for layer {k[:-7]!r} (no '{k[:-7]}.weight_scale')")
+    for p in prefixes:
+        if meta.architecture == "flux" and not is_ternary_layer(p):
+            raise TernaryFormatError(path, f"unknown layer name {p!r}: not a ternary FLUX layer")
+        for suffix in ("weight", "weight_shape"):
+            if f"{p}.{suffix}" not in sd:
+                raise TernaryFormatError(path, f"layer {p!r} has a scale but no '{p}.{suffix}'")
+        w, s, shp = sd[f"{p}.weight"], sd[f"{p}.weight_scale"], sd[f"{p}.weight_shape"]
+        if shp.dtype != torch.int64 or tuple(shp.shape) != (2,) or int(shp.min()) <= 0:
+            raise TernaryFormatError(path, f"layer {p!r}: weight_shape must be two positive int64, got {shp.tolist()}")
+        n, k = (int(x) for x in shp.tolist())
+        cols = packed_2bit_cols(k) if meta.packing == "2bit" else packed_base3_cols(k)
+        if w.dtype != torch.uint8 or tuple(w.shape) != (n, cols):
+            raise TernaryFormatError(
+                path,
+                f"layer {p!r}: packed shape {tuple(w.shape)} ({w.dtype}) disagrees with logical shape {(n, k)} "
+                f"(expected uint8 {(n, cols)} for {meta.packing} packing)",
+            )
+        if not s.is_floating_point() or s.dim() != 2 or s.shape[0] != n or k % s.shape[1]:
+            raise TernaryFormatError(path, f"layer {p!r}: scale shape {tuple(s.shape)} does not fit shape {(n, k)}")
+        g = s.shape[1]
+        if g > 1 and meta.group_size and k // g != meta.group_size:
+            raise TernaryFormatError(path, f"layer {p!r}: {g} scale groups disagree with group_size {meta.group_size}")
+        if not torch.isfinite(s).all():
+            raise TernaryFormatError(path, f"layer {p!r}: non-finite scales")
+    return prefixes
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> TernaryCheckpoint:
+    """Read, validate and (for base3 files) decode a checkpoint into the runtime layout."""
+    header = read_header(path)
+    meta_raw = header_metadata(header)
+    if METADATA_KEY not in meta_raw:
+        raise TernaryFormatError(path, f"{describe_file(path)}: convert it with `ternaryflux quantize` or the Ternarize FLUX node")
+    meta = TernaryMetadata.from_json(meta_raw[METADATA_KEY], path)
+    sd: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            for k in f.keys():  # noqa: SIM118 (safe_open is not a Mapping)
+                sd[k] = f.get_tensor(k)
+    except Exception as e:  # safetensors raises its own error types
+        raise TernaryFormatError(path, f"cannot read tensors ({type(e).__name__}: {e})") from None
+    prefixes = validate_state_dict(sd, meta, path)
+    if meta.packing == "base3":
+        for p in prefixes:
+            k = int(sd[f"{p}.weight_shape"][1])
+            try:
+                sd[f"{p}.weight"] = base3_to_2bit(sd[f"{p}.weight"], k)
+            except ValueError as e:
+                raise TernaryFormatError(path, f"layer {p!r}: {e}") from None
+        meta.packing = "2bit"
+    return TernaryCheckpoint(sd, meta, prefixes, str(path))
+
+
+# ----------------------------------------------------------------------------- write
+
+
+def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """``safetensors`` save to a temporary file in the target folder, then rename over ``path``."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], metadata: TernaryMetadata) -> None:
+    """Validate and write a checkpoint (runtime-layout ``state_dict``) atomically.
+
+    With ``metadata.packing == "base3"`` the packed codes are re-encoded at 5 trits per byte.
+    """
+    metadata.validate(path)
+    runtime = TernaryMetadata(**{**asdict(metadata), "packing": "2bit"})
+    prefixes = validate_state_dict(state_dict, runtime, path)
+    out = dict(state_dict)
+    if metadata.packing == "base3":
+        for p in prefixes:
+            out[f"{p}.weight"] = twobit_to_base3(state_dict[f"{p}.weight"].cpu(), int(state_dict[f"{p}.weight_shape"][1]))
+    atomic_save_safetensors(out, path, {METADATA_KEY: metadata.to_json()})
+

@@ -1,0 +1,2 @@
+"""The offline tool (``ternaryflux`` console script): inspect, quantize, calibrate, distill,
+evaluate and convert FLUX checkpoints without ComfyUI."""

@@ -1,0 +1,57 @@
+"""``ternaryflux``: command-line entry point. Each subcommand lives in its own ``cmd_*`` module
+exposing ``register(subparsers)``, which adds its parser and sets ``func``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ..core.checkpoint import TernaryFormatError
+from ..version import __version__
+
+# subcommand modules, in the order `--help` lists them
+COMMAND_MODULES = ["cmd_demo"]
+
+log = logging.getLogger("ternaryflux")
+
+
+class ToolError(Exception):
+    """A user-facing error: printed as one line, exit status 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ternaryflux",
+        description=(
+            "TernaryFLUX offline tool: make and check 1.58-bit (ternary) FLUX checkpoints for the "
+            "TernaryFLUX ComfyUI nodes. Start with `ternaryflux demo` (no downloads)."
+        ),
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f".{name}", __package__).register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ToolError, TernaryFormatError) as e:
+        print(f"ternaryflux {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
