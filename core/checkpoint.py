@@ -2,7 +2,7 @@
 
 See ``docs/FORMAT.md`` for the specification. In short, a checkpoint is a safetensors file whose
 header metadata carries one JSON entry ``"ternaryflux"``; each ternary layer ``P`` stores
-``P.weight`` (uint8 packed codes), ``P.weight_scale`` (float32 ``[N, G]``), ``P.weight_shape``
+``P.weight`` (uint8 packed codes), ``P.weight_scale`` (``[N, G]``, float16 where lossless, else float32; float32 in memory), ``P.weight_shape``
 (int64 ``[2]``) and, if it has one, ``P.bias``; every other tensor is stored as in the source.
 """
 
@@ -253,6 +253,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     except Exception as e:  # safetensors raises its own error types
         raise TernaryFormatError(path, f"cannot read tensors ({type(e).__name__}: {e})") from None
     prefixes = validate_state_dict(sd, meta, path)
+    for p in prefixes:
+        sd[f"{p}.weight_scale"] = sd[f"{p}.weight_scale"].to(torch.float32)
     if meta.packing == "base3":
         for p in prefixes:
             k = int(sd[f"{p}.weight_shape"][1])
@@ -290,6 +292,11 @@ def write_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Ten
     runtime = TernaryMetadata(**{**asdict(metadata), "packing": "2bit"})
     prefixes = validate_state_dict(state_dict, runtime, path)
     out = dict(state_dict)
+    for p in prefixes:  # float16 scales where that is lossless (see round_scale_to_fp16)
+        sk = f"{p}.weight_scale"
+        s16 = state_dict[sk].to(torch.float16)
+        if torch.equal(s16.to(state_dict[sk].dtype), state_dict[sk]):
+            out[sk] = s16
     if metadata.packing == "base3":
         for p in prefixes:
             out[f"{p}.weight"] = twobit_to_base3(state_dict[f"{p}.weight"].cpu(), int(state_dict[f"{p}.weight_shape"][1]))

@@ -1,0 +1,66 @@
+"""The pack layout: importable without ComfyUI, library free of ComfyUI imports, versions agree."""
+
+import ast
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import ternaryflux
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARY = ["core", "kernels", "quantize_tool"]
+
+
+def test_version_matches_pyproject():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert meta["project"]["version"] == ternaryflux.__version__
+    assert meta["project"]["name"] == "comfyui-ternaryflux"
+    assert meta["tool"]["comfy"]["requires-comfyui"].startswith(">=")
+    assert {"test", "gpu", "distill"} <= set(meta["project"]["optional-dependencies"])
+    assert meta["project"]["scripts"]["ternaryflux"] == "ternaryflux.quantize_tool.cli:main"
+
+
+def test_requirements_never_pin_torch_or_triton():
+    lines = [ln.split("#")[0].strip().lower() for ln in (ROOT / "requirements.txt").read_text().splitlines()]
+    assert not [ln for ln in lines if ln.startswith(("torch", "triton"))]
+
+
+def test_library_never_imports_comfyui():
+    offenders = []
+    for part in LIBRARY:
+        for f in (ROOT / part).rglob("*.py"):
+            for node in ast.walk(ast.parse(f.read_text())):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                elif isinstance(node, ast.ImportFrom) and node.level > 0 and (node.module or "").startswith("nodes"):
+                    names = ["(pack) nodes"]
+                offenders += [f"{f.relative_to(ROOT)}: {n}" for n in names
+                              if n.split(".")[0] in {"comfy", "comfy_api", "comfy_extras", "folder_paths", "nodes", "(pack) nodes"}]
+    assert offenders == []
+
+
+def test_pack_imports_without_host_and_does_not_load_nodes():
+    code = "import sys, ternaryflux; print(any(m.startswith('ternaryflux.nodes') for m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False"
+
+
+def test_pack_loads_under_another_folder_name(tmp_path):
+    # ComfyUI imports <custom_nodes>/<any-name>/__init__.py by file path; relative imports must work
+    link = tmp_path / "ComfyUI-TernaryFLUX-main"
+    link.symlink_to(ROOT, target_is_directory=True)
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('some_pack_name', r'{link}/__init__.py', "
+        f"submodule_search_locations=[r'{link}'])\n"
+        "m = importlib.util.module_from_spec(spec); sys.modules['some_pack_name'] = m; spec.loader.exec_module(m)\n"
+        "from some_pack_name.core.checkpoint import FORMAT_NAME\n"
+        "print(m.__version__, FORMAT_NAME)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [ternaryflux.__version__, "ternaryflux"]
