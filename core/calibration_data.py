@@ -96,7 +96,9 @@ def read_calibration_info(path: str | os.PathLike) -> dict[str, Any]:
     header = read_header(path)
     meta = header_metadata(header)
     if CALIBRATION_KEY not in meta:
-        raise TernaryFormatError(path, "not a TernaryFLUX calibration file (no 'ternaryflux_calibration' metadata)")
+        raise TernaryFormatError(
+            path, "not a TernaryFLUX calibration file (no 'ternaryflux_calibration' metadata)"
+        )
     try:
         info = json.loads(meta[CALIBRATION_KEY])
     except json.JSONDecodeError as e:

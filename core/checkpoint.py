@@ -70,7 +70,9 @@ class TernaryMetadata:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
-            raise TernaryFormatError(path, f"the {METADATA_KEY!r} header entry is not valid JSON ({e})") from None
+            raise TernaryFormatError(
+                path, f"the {METADATA_KEY!r} header entry is not valid JSON ({e})"
+            ) from None
         if not isinstance(d, dict):
             raise TernaryFormatError(path, f"the {METADATA_KEY!r} header entry must be a JSON object")
         if d.get("format") != FORMAT_NAME:
@@ -94,9 +96,13 @@ class TernaryMetadata:
         if self.packing not in PACKINGS:
             raise TernaryFormatError(path, f"unknown packing {self.packing!r} (expected one of {PACKINGS})")
         if self.architecture not in ARCHITECTURES:
-            raise TernaryFormatError(path, f"unknown architecture {self.architecture!r} (expected one of {ARCHITECTURES})")
+            raise TernaryFormatError(
+                path, f"unknown architecture {self.architecture!r} (expected one of {ARCHITECTURES})"
+            )
         if not isinstance(self.group_size, int) or self.group_size < 0 or self.group_size % 128:
-            raise TernaryFormatError(path, f"group_size {self.group_size!r} must be 0 or a positive multiple of 128")
+            raise TernaryFormatError(
+                path, f"group_size {self.group_size!r} must be 0 or a positive multiple of 128"
+            )
         if not isinstance(self.method, str) or not isinstance(self.method_params, dict):
             raise TernaryFormatError(path, "method must be a string and method_params an object")
         if self.calibration is not None and not isinstance(self.calibration, dict):
@@ -206,7 +212,9 @@ def validate_state_dict(
     """Check every ternary layer of ``sd`` (stored in ``meta.packing``); returns their prefixes."""
     prefixes = _ternary_prefixes(sd)
     if not prefixes:
-        raise TernaryFormatError(path, "has TernaryFLUX metadata but no ternary layer (no '*.weight_scale' tensor)")
+        raise TernaryFormatError(
+            path, "has TernaryFLUX metadata but no ternary layer (no '*.weight_scale' tensor)"
+        )
     pset = set(prefixes)
     for k, t in sd.items():
         if k.endswith(".weight") and t.dtype == torch.uint8 and k[: -len(".weight")] not in pset:
@@ -219,7 +227,9 @@ def validate_state_dict(
                 raise TernaryFormatError(path, f"layer {p!r} has a scale but no '{p}.{suffix}'")
         w, s, shp = sd[f"{p}.weight"], sd[f"{p}.weight_scale"], sd[f"{p}.weight_shape"]
         if shp.dtype != torch.int64 or tuple(shp.shape) != (2,) or int(shp.min()) <= 0:
-            raise TernaryFormatError(path, f"layer {p!r}: weight_shape must be two positive int64, got {shp.tolist()}")
+            raise TernaryFormatError(
+                path, f"layer {p!r}: weight_shape must be two positive int64, got {shp.tolist()}"
+            )
         n, k = (int(x) for x in shp.tolist())
         cols = packed_2bit_cols(k) if meta.packing == "2bit" else packed_base3_cols(k)
         if w.dtype != torch.uint8 or tuple(w.shape) != (n, cols):
@@ -229,10 +239,14 @@ def validate_state_dict(
                 f"(expected uint8 {(n, cols)} for {meta.packing} packing)",
             )
         if not s.is_floating_point() or s.dim() != 2 or s.shape[0] != n or k % s.shape[1]:
-            raise TernaryFormatError(path, f"layer {p!r}: scale shape {tuple(s.shape)} does not fit shape {(n, k)}")
+            raise TernaryFormatError(
+                path, f"layer {p!r}: scale shape {tuple(s.shape)} does not fit shape {(n, k)}"
+            )
         g = s.shape[1]
         if g > 1 and meta.group_size and k // g != meta.group_size:
-            raise TernaryFormatError(path, f"layer {p!r}: {g} scale groups disagree with group_size {meta.group_size}")
+            raise TernaryFormatError(
+                path, f"layer {p!r}: {g} scale groups disagree with group_size {meta.group_size}"
+            )
         if not torch.isfinite(s).all():
             raise TernaryFormatError(path, f"layer {p!r}: non-finite scales")
     return prefixes
@@ -243,7 +257,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     header = read_header(path)
     meta_raw = header_metadata(header)
     if METADATA_KEY not in meta_raw:
-        raise TernaryFormatError(path, f"{describe_file(path)}: convert it with `ternaryflux quantize` or the Ternarize FLUX node")
+        raise TernaryFormatError(
+            path, f"{describe_file(path)}: convert it with `ternaryflux quantize` or the Ternarize FLUX node"
+        )
     meta = TernaryMetadata.from_json(meta_raw[METADATA_KEY], path)
     sd: dict[str, torch.Tensor] = {}
     try:
@@ -269,7 +285,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 # ----------------------------------------------------------------------------- write
 
 
-def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
+def atomic_save_safetensors(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]
+) -> None:
     """``safetensors`` save to a temporary file in the target folder, then rename over ``path``."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -283,7 +301,9 @@ def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.
         raise
 
 
-def write_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], metadata: TernaryMetadata) -> None:
+def write_checkpoint(
+    path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], metadata: TernaryMetadata
+) -> None:
     """Validate and write a checkpoint (runtime-layout ``state_dict``) atomically.
 
     With ``metadata.packing == "base3"`` the packed codes are re-encoded at 5 trits per byte.
@@ -299,6 +319,7 @@ def write_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Ten
             out[sk] = s16
     if metadata.packing == "base3":
         for p in prefixes:
-            out[f"{p}.weight"] = twobit_to_base3(state_dict[f"{p}.weight"].cpu(), int(state_dict[f"{p}.weight_shape"][1]))
+            out[f"{p}.weight"] = twobit_to_base3(
+                state_dict[f"{p}.weight"].cpu(), int(state_dict[f"{p}.weight_shape"][1])
+            )
     atomic_save_safetensors(out, path, {METADATA_KEY: metadata.to_json()})
-

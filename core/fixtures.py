@@ -77,7 +77,7 @@ def make_flux_state_dict(
             # chunk 1 (and 4 for double blocks) is the adaLN `scale`: boost a few channels
             chunks = 6 if ".double_blocks." in f".{k}" else 3
             v = v.view(chunks, h)
-            for c in ((1, 4) if chunks == 6 else (1,)):
+            for c in (1, 4) if chunks == 6 else (1,):
                 v[c, outl] = outlier_gain
             v = v.reshape(shape)
         if structured and k.endswith(("mlp.0.weight", "linear1.weight")):
@@ -89,7 +89,9 @@ def make_flux_state_dict(
     return sd
 
 
-def make_tiny_flux(config: FluxConfig | None = None, seed: int = 0, structured: bool = False, dtype=torch.float32) -> Flux:
+def make_tiny_flux(
+    config: FluxConfig | None = None, seed: int = 0, structured: bool = False, dtype=torch.float32
+) -> Flux:
     """A :class:`Flux` module with :func:`make_flux_state_dict` weights (bf16 values, like a
     real FLUX checkpoint, held in ``dtype``)."""
     config = config or tiny_flux_config()
@@ -99,7 +101,12 @@ def make_tiny_flux(config: FluxConfig | None = None, seed: int = 0, structured: 
 
 
 def make_flux_inputs(
-    config: FluxConfig, batch: int = 1, height: int = 16, width: int = 16, txt_len: int = 8, seed: int = 1,
+    config: FluxConfig,
+    batch: int = 1,
+    height: int = 16,
+    width: int = 16,
+    txt_len: int = 8,
+    seed: int = 1,
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, torch.Tensor]:
     """Random ComfyUI-convention inputs for :meth:`Flux.forward_latent` (latent ``[B, C, H, W]``)."""
@@ -111,3 +118,18 @@ def make_flux_inputs(
         "y": torch.randn(batch, config.vec_in_dim, generator=gen).to(dtype),
         "guidance": torch.full((batch,), 3.5, dtype=dtype) if config.guidance_embed else None,
     }
+
+
+def write_flux_fixture(
+    path,
+    config: FluxConfig | None = None,
+    seed: int = 0,
+    structured: bool = False,
+    dtype: torch.dtype = torch.bfloat16,
+):
+    """Write a seeded tiny FLUX (BFL layout, like a real ``flux1-dev.safetensors``) to ``path``."""
+    from .checkpoint import atomic_save_safetensors
+
+    config = config or tiny_flux_config()
+    atomic_save_safetensors(make_flux_state_dict(config, seed, structured, dtype), path, {})
+    return path

@@ -25,7 +25,9 @@ from .flux_layout import FluxConfig, config_from_state_dict
 # ----------------------------------------------------------------------------- math
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000, time_factor: float = 1000.0) -> Tensor:
+def timestep_embedding(
+    t: Tensor, dim: int, max_period: float = 10_000, time_factor: float = 1000.0
+) -> Tensor:
     """Sinusoidal embedding of ``t`` (in [0, 1] for FLUX; scaled by ``time_factor``): ``[B, dim]``."""
     t = time_factor * t
     half = dim // 2
@@ -146,7 +148,9 @@ def _layer_norm(x: Tensor) -> Tensor:
 
 
 class DoubleStreamBlock(nn.Module):
-    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, device=None, dtype=None):
+    def __init__(
+        self, hidden: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, device=None, dtype=None
+    ):
         super().__init__()
         mlp_hidden = int(hidden * mlp_ratio)
         self.num_heads = num_heads
@@ -176,7 +180,10 @@ class DoubleStreamBlock(nn.Module):
         )
         txt_q, txt_k = self.txt_attn.norm(txt_q, txt_k, txt_v)
         attn = attention(
-            torch.cat((txt_q, img_q), dim=2), torch.cat((txt_k, img_k), dim=2), torch.cat((txt_v, img_v), dim=2), pe
+            torch.cat((txt_q, img_q), dim=2),
+            torch.cat((txt_k, img_k), dim=2),
+            torch.cat((txt_v, img_v), dim=2),
+            pe,
         )
         txt_a, img_a = attn[:, : txt.shape[1]], attn[:, txt.shape[1] :]
         img = img + img_m1.gate * self.img_attn.proj(img_a)
@@ -213,7 +220,9 @@ class LastLayer(nn.Module):
     def __init__(self, hidden: int, out_channels: int, device=None, dtype=None):
         super().__init__()
         self.linear = nn.Linear(hidden, out_channels, bias=True, device=device, dtype=dtype)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden, device=device, dtype=dtype))
+        self.adaLN_modulation = nn.Sequential(
+            nn.SiLU(), nn.Linear(hidden, 2 * hidden, device=device, dtype=dtype)
+        )
 
     def forward(self, x: Tensor, vec: Tensor) -> Tensor:
         shift, scale = self.adaLN_modulation(vec).chunk(2, dim=1)
@@ -238,10 +247,12 @@ class Flux(nn.Module):
         self.guidance_in = MLPEmbedder(256, c.hidden_size, **kw) if c.guidance_embed else nn.Identity()
         self.txt_in = nn.Linear(c.context_in_dim, c.hidden_size, **kw)
         self.double_blocks = nn.ModuleList(
-            DoubleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.qkv_bias, **kw) for _ in range(c.depth)
+            DoubleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.qkv_bias, **kw)
+            for _ in range(c.depth)
         )
         self.single_blocks = nn.ModuleList(
-            SingleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio, **kw) for _ in range(c.depth_single_blocks)
+            SingleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio, **kw)
+            for _ in range(c.depth_single_blocks)
         )
         self.final_layer = LastLayer(c.hidden_size, c.out_channels, **kw)
 
@@ -338,5 +349,7 @@ def flux_from_state_dict(
         tensors[k] = v.to(device) if keep or dtype is None else v.to(device=device, dtype=dtype)
     missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     if missing or unexpected:
-        raise KeyError(f"state dict does not match FLUX {config}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise KeyError(
+            f"state dict does not match FLUX {config}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return model.eval()

@@ -21,7 +21,9 @@ def _grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
     return w.reshape(n, 1 if group_size == 0 else k // group_size, -1)
 
 
-def absmean(w: torch.Tensor, granularity: str = "channel", group_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def absmean(
+    w: torch.Tensor, granularity: str = "channel", group_size: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BitNet b1.58 absmean ternarization.
 
     With ``gamma = mean(|W|)`` over the scaling unit (the whole tensor, one output row, or one
@@ -58,8 +60,8 @@ def absmean(w: torch.Tensor, granularity: str = "channel", group_size: int = 0) 
 def twn(w: torch.Tensor, group_size: int = 0, delta_factor: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
     """Ternary Weight Networks (Li et al. 2016) thresholds, per output row or group.
 
-        delta = delta_factor * mean(|W|);  T = sign(W) * [|W| > delta]
-        alpha = mean(|W_i|) over the i with |W_i| > delta      (the L2-optimal scale for that T)
+    delta = delta_factor * mean(|W|);  T = sign(W) * [|W| > delta]
+    alpha = mean(|W_i|) over the i with |W_i| > delta      (the L2-optimal scale for that T)
     """
     wf = w.detach().to(torch.float32)
     g = _grouped(wf, group_size)

@@ -44,13 +44,17 @@ class TernaryLinear(nn.Module):
         self.act = act
         self.register_buffer(
             "weight",
-            torch.full((out_features, packed_2bit_cols(in_features)), _ZERO_CODES, dtype=torch.uint8, device=device),
+            torch.full(
+                (out_features, packed_2bit_cols(in_features)), _ZERO_CODES, dtype=torch.uint8, device=device
+            ),
         )
         self.register_buffer(
             "weight_scale",
             torch.ones(out_features, num_groups(in_features, group_size), dtype=torch.float32, device=device),
         )
-        self.register_buffer("weight_shape", torch.tensor([out_features, in_features], dtype=torch.int64, device=device))
+        self.register_buffer(
+            "weight_shape", torch.tensor([out_features, in_features], dtype=torch.int64, device=device)
+        )
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=bias_dtype, device=device)) if bias else None
 
     @classmethod
@@ -64,7 +68,9 @@ class TernaryLinear(nn.Module):
         return m
 
     def ternary_weight(self) -> TernaryWeight:
-        return TernaryWeight(self.weight, self.weight_scale, (self.out_features, self.in_features), self.group_size)
+        return TernaryWeight(
+            self.weight, self.weight_scale, (self.out_features, self.in_features), self.group_size
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ternary_linear(
@@ -105,7 +111,9 @@ def replace_with_ternary_from_state_dict(model: nn.Module, sd: Mapping[str, torc
         old = model.get_submodule(path)
         has_bias = getattr(old, "bias", None) is not None
         bias_dtype = old.bias.dtype if has_bias else None
-        _set_submodule(model, path, TernaryLinear(k, n, has_bias, group_size, device="meta", bias_dtype=bias_dtype))
+        _set_submodule(
+            model, path, TernaryLinear(k, n, has_bias, group_size, device="meta", bias_dtype=bias_dtype)
+        )
         swapped.append(path)
     return swapped
 

@@ -70,7 +70,9 @@ class TernaryWeight:
             )
         want = (n, num_groups(k, self.group_size))
         if tuple(self.scale.shape) != want:
-            raise ValueError(f"scale shape {tuple(self.scale.shape)} disagrees with {want} for shape {self.shape}")
+            raise ValueError(
+                f"scale shape {tuple(self.scale.shape)} disagrees with {want} for shape {self.shape}"
+            )
         if not self.scale.is_floating_point():
             raise ValueError(f"scale must be floating point, got {self.scale.dtype}")
 
@@ -84,7 +86,9 @@ class TernaryWeight:
         below 5e-4, far under the ternary rounding error).
         """
         n, k = codes.shape
-        return cls(pack_2bit(codes), round_scale_to_fp16(scale).reshape(n, -1).contiguous(), (n, k), group_size)
+        return cls(
+            pack_2bit(codes), round_scale_to_fp16(scale).reshape(n, -1).contiguous(), (n, k), group_size
+        )
 
     # ------------------------------------------------------------------ views
     @property

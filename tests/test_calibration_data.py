@@ -1,7 +1,6 @@
 import pytest
 import torch
 from safetensors.torch import save_file
-
 from ternaryflux.core.calibration_data import (
     CalibrationSample,
     read_calibration,
@@ -14,8 +13,12 @@ from ternaryflux.core.checkpoint import TernaryFormatError
 
 def sample(b=1, h=8, w=12, L=5, guidance=True):
     return CalibrationSample(
-        x=torch.randn(b, 16, h, w), timestep=torch.rand(b), context=torch.randn(b, L, 64),
-        y=torch.randn(b, 32), guidance=torch.full((b,), 3.5) if guidance else None)
+        x=torch.randn(b, 16, h, w),
+        timestep=torch.rand(b),
+        context=torch.randn(b, L, 64),
+        y=torch.randn(b, 32),
+        guidance=torch.full((b,), 3.5) if guidance else None,
+    )
 
 
 def test_round_trip_with_varied_shapes(tmp_path):

@@ -3,10 +3,9 @@ import struct
 from pathlib import Path
 
 import pytest
+import ternaryflux.core.checkpoint as ckpt_mod
 import torch
 from safetensors.torch import load_file, save_file
-
-import ternaryflux.core.checkpoint as ckpt_mod
 from ternaryflux.core.checkpoint import (
     METADATA_KEY,
     TernaryFormatError,
@@ -28,8 +27,14 @@ def ternary_sd():
 
 
 def meta(**kw) -> TernaryMetadata:
-    base = dict(variant="dev", source_name="tiny", source_sha256="ab" * 32, method="absmean",
-                method_params={"granularity": "channel"}, calibration={"samples": 0})
+    base = dict(
+        variant="dev",
+        source_name="tiny",
+        source_sha256="ab" * 32,
+        method="absmean",
+        method_params={"granularity": "channel"},
+        calibration={"samples": 0},
+    )
     base.update(kw)
     return TernaryMetadata(**base)
 
@@ -105,7 +110,11 @@ def test_truncated(tmp_path, ternary_sd):
 def test_unknown_format_version(tmp_path, ternary_sd):
     m = json.loads(meta().to_json())
     m["format_version"] = 99
-    p = write_raw(tmp_path / "v.safetensors", {k: v.contiguous() for k, v in ternary_sd.items()}, {METADATA_KEY: json.dumps(m)})
+    p = write_raw(
+        tmp_path / "v.safetensors",
+        {k: v.contiguous() for k, v in ternary_sd.items()},
+        {METADATA_KEY: json.dumps(m)},
+    )
     expect_error(p, "unknown format version 99")
 
 
@@ -148,8 +157,11 @@ def test_plain_flux_file_is_described(tmp_path):
 
 def test_bad_metadata_values(tmp_path, ternary_sd):
     p = tmp_path / "m.safetensors"
-    for field, value, pattern in [("packing", "3bit", "unknown packing"), ("group_size", 100, "group_size"),
-                                  ("architecture", "sd3", "unknown architecture")]:
+    for field, value, pattern in [
+        ("packing", "3bit", "unknown packing"),
+        ("group_size", 100, "group_size"),
+        ("architecture", "sd3", "unknown architecture"),
+    ]:
         m = json.loads(meta().to_json())
         m[field] = value
         write_raw(p, {k: v.contiguous() for k, v in ternary_sd.items()}, {METADATA_KEY: json.dumps(m)})
@@ -177,7 +189,9 @@ def test_write_is_atomic(tmp_path, ternary_sd, monkeypatch):
 
 def test_writer_rejects_invalid_state_dict(tmp_path, ternary_sd):
     sd = dict(ternary_sd)
-    sd["double_blocks.0.img_attn.proj.weight_scale"] = torch.full_like(sd["double_blocks.0.img_attn.proj.weight_scale"], float("inf"))
+    sd["double_blocks.0.img_attn.proj.weight_scale"] = torch.full_like(
+        sd["double_blocks.0.img_attn.proj.weight_scale"], float("inf")
+    )
     with pytest.raises(TernaryFormatError, match="non-finite"):
         write_checkpoint(tmp_path / "bad.safetensors", sd, meta())
     assert not (tmp_path / "bad.safetensors").exists()

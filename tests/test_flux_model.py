@@ -1,9 +1,13 @@
 import pytest
 import torch
-
 from ternaryflux.core.convert import ternarize_model
 from ternaryflux.core.fixtures import make_flux_inputs, make_flux_state_dict, make_tiny_flux, tiny_flux_config
-from ternaryflux.core.flux_layout import FluxConfig, config_from_state_dict, is_ternary_layer, ternary_layer_names
+from ternaryflux.core.flux_layout import (
+    FluxConfig,
+    config_from_state_dict,
+    is_ternary_layer,
+    ternary_layer_names,
+)
 from ternaryflux.core.flux_model import Flux, apply_rope, flux_from_state_dict, patchify, rope, unpatchify
 from ternaryflux.core.ternary_linear import TernaryLinear
 
@@ -30,7 +34,9 @@ def test_forward_shapes_and_determinism(guidance):
 
 
 def test_config_inferred_from_state_dict():
-    c = tiny_flux_config(hidden=256, depth=2, depth_single=3, guidance=False, context_in_dim=64, vec_in_dim=32)
+    c = tiny_flux_config(
+        hidden=256, depth=2, depth_single=3, guidance=False, context_in_dim=64, vec_in_dim=32
+    )
     sd = make_flux_state_dict(c)
     assert config_from_state_dict(sd) == c
     assert FluxConfig().variant == "dev" and c.variant == "schnell"
@@ -67,7 +73,14 @@ def test_rope_rotates_pairs_by_position_angle():
     out = apply_rope(x, pe)
     assert torch.allclose(out[0, 0, 0], x[0, 0, 0])  # position 0: identity
     # position 3, first pair frequency 1: (cos 3, sin 3); second pair frequency 1/100
-    expect = torch.tensor([torch.cos(torch.tensor(3.0)), torch.sin(torch.tensor(3.0)), torch.cos(torch.tensor(0.03)), torch.sin(torch.tensor(0.03))])
+    expect = torch.tensor(
+        [
+            torch.cos(torch.tensor(3.0)),
+            torch.sin(torch.tensor(3.0)),
+            torch.cos(torch.tensor(0.03)),
+            torch.sin(torch.tensor(0.03)),
+        ]
+    )
     assert torch.allclose(out[0, 0, 1], expect, atol=1e-6)
 
 
@@ -83,6 +96,21 @@ def test_ternary_state_dict_loads_without_dense_weights():
     assert sorted(tern) == sorted(ternary_layer_names(1, 1))
     for n in tern:
         mod = loaded.get_submodule(n)
-        assert mod.weight.dtype == torch.uint8 and not any(p.numel() >= mod.in_features * mod.out_features for p in mod.parameters())
+        assert mod.weight.dtype == torch.uint8 and not any(
+            p.numel() >= mod.in_features * mod.out_features for p in mod.parameters()
+        )
     with torch.no_grad():
         assert torch.equal(loaded.forward_latent(**inp), want)
+
+
+def test_fixture_writer_writes_a_loadable_bfl_file(tmp_path):
+    from safetensors.torch import load_file
+    from ternaryflux.core.fixtures import write_flux_fixture
+
+    c = tiny_flux_config(hidden=128, depth=1, depth_single=1, guidance=False)
+    p = write_flux_fixture(tmp_path / "flux-tiny.safetensors", c, seed=5, structured=True)
+    sd = load_file(p)
+    assert all(v.dtype == torch.bfloat16 for v in sd.values())
+    assert config_from_state_dict(sd) == c
+    assert torch.equal(sd["img_in.weight"], make_flux_state_dict(c, 5, True)["img_in.weight"])  # seeded
+    assert not torch.equal(sd["img_in.weight"], make_flux_state_dict(c, 6, True)["img_in.weight"])

@@ -3,10 +3,10 @@
 import ast
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import ternaryflux
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ["core", "kernels", "quantize_tool"]
@@ -36,10 +36,18 @@ def test_library_never_imports_comfyui():
                     names = [a.name for a in node.names]
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     names = [node.module]
-                elif isinstance(node, ast.ImportFrom) and node.level > 0 and (node.module or "").startswith("nodes"):
+                elif (
+                    isinstance(node, ast.ImportFrom)
+                    and node.level > 0
+                    and (node.module or "").startswith("nodes")
+                ):
                     names = ["(pack) nodes"]
-                offenders += [f"{f.relative_to(ROOT)}: {n}" for n in names
-                              if n.split(".")[0] in {"comfy", "comfy_api", "comfy_extras", "folder_paths", "nodes", "(pack) nodes"}]
+                offenders += [
+                    f"{f.relative_to(ROOT)}: {n}"
+                    for n in names
+                    if n.split(".")[0]
+                    in {"comfy", "comfy_api", "comfy_extras", "folder_paths", "nodes", "(pack) nodes"}
+                ]
     assert offenders == []
 
 

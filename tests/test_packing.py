@@ -2,7 +2,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from ternaryflux.core.packing import (
     base3_to_2bit,
     pack_2bit,

@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from ternaryflux.core.ternarize import absmean, ternarize, twn
 from ternaryflux.core.ternary_weight import TernaryWeight
 

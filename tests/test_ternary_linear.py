@@ -1,7 +1,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from ternaryflux.core.ternarize import ternarize
 from ternaryflux.core.ternary_linear import TernaryLinear
 from ternaryflux.core.ternary_weight import TernaryWeight
@@ -45,7 +44,12 @@ def test_a8_reference_error_is_activation_rounding_only():
     # with activations already on the int8 grid, A8 is exact
     q, s = reference.quantize_activations_int8(x)
     xq = q.float() * s
-    assert torch.allclose(reference.ternary_linear_a8(xq, tw.packed, tw.scale, k), reference.ternary_linear_a16(xq, tw.packed, tw.scale, k), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(
+        reference.ternary_linear_a8(xq, tw.packed, tw.scale, k),
+        reference.ternary_linear_a16(xq, tw.packed, tw.scale, k),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_module_matches_dense_linear_and_state_dict_keys():
@@ -61,7 +65,9 @@ def test_module_matches_dense_linear_and_state_dict_keys():
     assert sd["weight"].dtype == torch.uint8 and sd["weight"].shape == (40, 64)
     assert sd["weight_shape"].tolist() == [40, 256]
     # no float tensor of the dense weight's size lives on the module after a call
-    big = [t for t in list(m.buffers()) + list(m.parameters()) if t.is_floating_point() and t.numel() >= 40 * 256]
+    big = [
+        t for t in list(m.buffers()) + list(m.parameters()) if t.is_floating_point() and t.numel() >= 40 * 256
+    ]
     assert big == []
 
 
