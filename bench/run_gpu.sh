@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One prepared GPU benchmark run, sized for about 8 minutes on an H100:
+#   1. bench/kernels.py    Triton kernels vs cuBLAS per FLUX linear shape (if the script exists)
+#   2. bench/flux_e2e.py   full FLUX.1-dev, bf16 vs ternary: latency, peak VRAM, file sizes
+#   3. bench/report.py     PNG charts from every bench/results/flux_e2e-*.json
+# Everything lands in bench/results/ (JSON named after the GPU, logs, PNGs). When $OUT is set
+# (a folder whose contents are collected afterwards) a tarball of bench/results/ and the main
+# JSON/PNGs are copied there as well (at most 8 files).
+#
+#   bash bench/run_gpu.sh                  # python3 from PATH; PYTHON=... to choose another
+#   KERNELS_TIMEOUT=150 E2E_TIMEOUT=270 E2E_BUDGET=220 bash bench/run_gpu.sh   (the defaults)
+#
+# Needs torch with CUDA (+ triton for the kernel backend), safetensors and matplotlib; the
+# package itself need not be installed: a shim on PYTHONPATH points `ternaryflux` here.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+RES=bench/results
+mkdir -p "$RES"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+SHIM=$(mktemp -d)
+ln -s "$ROOT" "$SHIM/ternaryflux"
+export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
+T0=$(date +%s)
+status=0
+
+{
+    date -u
+    nvidia-smi || true
+    "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
+    "$PY" -c 'import triton; print("triton", triton.__version__)' || echo "triton: not importable"
+    "$PY" -c 'import ternaryflux.kernels as k; print("ternaryflux backends", k.available_backends())'
+} >"$RES/gpu-env.txt" 2>&1
+cat "$RES/gpu-env.txt"
+
+if [ -f bench/kernels.py ]; then
+    echo "== bench/kernels.py ($(($(date +%s) - T0)) s)"
+    timeout -k 10 "${KERNELS_TIMEOUT:-150}" "$PY" bench/kernels.py 2>&1 | tee "$RES/kernels.log" || status=1
+else
+    echo "bench/kernels.py not present: skipped" | tee "$RES/kernels.log"
+fi
+
+echo "== bench/flux_e2e.py ($(($(date +%s) - T0)) s)"
+# --budget-s stops starting new configurations in time; the JSON is rewritten after every
+# measurement, so even a timeout leaves the figures measured so far.
+timeout -k 10 "${E2E_TIMEOUT:-270}" "$PY" bench/flux_e2e.py --budget-s "${E2E_BUDGET:-220}" 2>&1 |
+    tee "$RES/flux_e2e.log" || status=1
+
+echo "== bench/report.py ($(($(date +%s) - T0)) s)"
+timeout -k 5 60 "$PY" bench/report.py 2>&1 | tee "$RES/report.log" || status=1
+
+echo "== done in $(($(date +%s) - T0)) s, status $status"
+rm -rf "$SHIM"
+if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
+    tar czf "$OUT/bench-results.tar.gz" "$RES"
+    n=1
+    for f in "$RES"/flux_e2e-*.json "$RES"/kernels-*.json "$RES"/flux_e2e-*-latency.png "$RES"/flux_e2e-*-vram.png; do
+        case "$f" in *sizes* | *\**) continue ;; esac
+        [ "$n" -lt 8 ] || break
+        cp "$f" "$OUT/" && n=$((n + 1))
+    done
+fi
+exit $status
