@@ -6,10 +6,17 @@ from comfy_api.latest import ComfyExtension, io
 
 from .calibration import RecordCalibration
 from .loader import LoadTernaryFlux
+from .prompts import CalibrationPrompt
 from .save import SaveTernaryFlux
 from .ternarize import TernarizeFlux, register_calibration_folder
 
-NODES: list[type[io.ComfyNode]] = [LoadTernaryFlux, TernarizeFlux, SaveTernaryFlux, RecordCalibration]
+NODES: list[type[io.ComfyNode]] = [
+    LoadTernaryFlux,
+    TernarizeFlux,
+    SaveTernaryFlux,
+    RecordCalibration,
+    CalibrationPrompt,
+]
 
 
 class TernaryFluxExtension(ComfyExtension):

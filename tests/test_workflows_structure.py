@@ -15,7 +15,13 @@ import make_workflows  # noqa: E402
 import workflow_tools  # noqa: E402
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
-PACK_NODES = {"TernaryFluxLoader", "TernaryFluxTernarize", "TernaryFluxSave", "TernaryFluxRecordCalibration"}
+PACK_NODES = {
+    "TernaryFluxLoader",
+    "TernaryFluxTernarize",
+    "TernaryFluxSave",
+    "TernaryFluxRecordCalibration",
+    "TernaryFluxCalibrationPrompt",
+}
 STOCK_NODES = {
     "UNETLoader",
     "DualCLIPLoader",
@@ -47,7 +53,8 @@ def test_workflow_structure(path):
     wf = json.loads(path.read_text())
     assert workflow_tools.check_structure(wf) == []
     types = {n["type"] for n in wf["nodes"]}
-    assert types <= PACK_NODES | STOCK_NODES, types - PACK_NODES - STOCK_NODES
+    known = PACK_NODES | STOCK_NODES | workflow_tools.FRONTEND_ONLY
+    assert types <= known, types - known
     assert types & PACK_NODES, "each workflow uses this pack"
     for n in wf["nodes"]:
         sockets, widgets, outs = make_workflows.SPECS[n["type"]]
@@ -56,6 +63,9 @@ def test_workflow_structure(path):
         assert all(i["link"] is not None for i in n["inputs"]), (
             f"{n['type']} {n['id']} has an unconnected input"
         )
+        for i in n["inputs"]:  # a widget turned into an input, as the frontend writes it
+            if "widget" in i:
+                assert i["widget"] == {"name": i["name"]} and i["name"] in widgets, (n["type"], i)
         assert len(n["pos"]) == 2 and len(n["size"]) == 2
 
 
@@ -84,8 +94,18 @@ def test_expected_graph_shapes():
         "ternaryflux_ternarize_and_save"
     ]
     rec = json.loads((ROOT / "workflows" / "ternaryflux_record_calibration.json").read_text())
-    prompts = [n["widgets_values"][0] for n in rec["nodes"] if n["type"] == "CLIPTextEncode"]
-    assert len(set(prompts)) >= 3, "calibration is recorded over a list of prompts"
+    nodes = {n["id"]: n for n in rec["nodes"]}
+    (prompt,) = [n for n in rec["nodes"] if n["type"] == "TernaryFluxCalibrationPrompt"]
+    (enc,) = [n for n in rec["nodes"] if n["type"] == "CLIPTextEncode"]
+    assert prompt["widgets_values"][:3] == [0, "increment", "built-in"], "index increments per queued run"
+    (text_in,) = [i for i in enc["inputs"] if i["name"] == "text"]
+    link = next(lk for lk in rec["links"] if lk[0] == text_in["link"])
+    assert nodes[link[1]] is prompt and link[2] == 0 and link[5] == "STRING"
+    (note,) = [n for n in rec["nodes"] if n["type"] == "Note"]
+    text = note["widgets_values"][0]
+    assert (
+        "batch count" in text and "--method calibrated --calibration output/ternaryflux_calibration/" in text
+    )
 
 
 def _fake_defs():

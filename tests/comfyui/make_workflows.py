@@ -35,6 +35,12 @@ SPECS: dict[str, tuple[list, list, list]] = {
         ["filename_prefix", "every_n_calls", "max_samples", "max_mb", "store_dtype"],
         [("MODEL", "MODEL")],
     ),
+    "TernaryFluxCalibrationPrompt": (
+        [],
+        ["index", "control_after_generate", "source", "custom_prompts"],
+        [("prompt", "STRING"), ("index", "INT"), ("count", "INT")],
+    ),
+    "Note": ([], ["text"], []),  # frontend-only: never sent to the backend
     "UNETLoader": ([], ["unet_name", "weight_dtype"], [("MODEL", "MODEL")]),
     "DualCLIPLoader": ([], ["clip_name1", "clip_name2", "type", "device"], [("CLIP", "CLIP")]),
     "CLIPTextEncode": ([("clip", "CLIP")], ["text"], [("CONDITIONING", "CONDITIONING")]),
@@ -99,6 +105,9 @@ SPECS: dict[str, tuple[list, list, list]] = {
 }
 
 
+NOTE_TYPES = {"Note", "MarkdownNote"}
+
+
 class Graph:
     def __init__(self) -> None:
         self.nodes: list[dict] = []
@@ -125,10 +134,22 @@ class Graph:
             "properties": {"Node name for S&R": ntype},
             "widgets_values": [widgets[w] for w in wnames],
         }
+        if ntype in NOTE_TYPES:  # what the frontend writes for a (yellow) note
+            node["properties"] = {}
+            node["color"], node["bgcolor"] = "#432", "#653"
         if title:
             node["title"] = title
         self.nodes.append(node)
         return nid
+
+    def widget_to_input(self, nid: int, name: str, typ: str) -> None:
+        """Turn widget ``name`` of node ``nid`` into a linkable input, as the frontend writes it: an
+        ``inputs`` entry with ``"widget": {"name": ...}`` after the sockets; the widget keeps its
+        slot in ``widgets_values`` (the backend ignores that value while the input is linked)."""
+        node = self.nodes[nid - 1]
+        if name not in SPECS[node["type"]][1]:
+            raise KeyError(f"{node['type']} has no widget {name!r}")
+        node["inputs"].append({"name": name, "type": typ, "widget": {"name": name}, "link": None})
 
     def link(self, src: int, src_slot: int, dst: int, dst_input: str) -> None:
         lid = len(self.links) + 1
@@ -302,12 +323,19 @@ def ternarize_and_save() -> dict:
     return g.to_json("Ternarize a FLUX checkpoint in the graph, save it, and sample from it")
 
 
-CALIBRATION_PROMPTS = [
-    "a photo of a red fox sitting in fresh snow, morning light",
-    "an isometric illustration of a tiny city on a floating island",
-    "a close-up portrait of an elderly fisherman, dramatic side light",
-    "a bowl of ramen on a wooden table, steam, shallow depth of field",
-]
+RECORD_NOTE = """Record calibration data over many prompts
+
+1. Pick the float FLUX in "Load Diffusion Model" and the text encoders / VAE as usual.
+2. "TernaryFLUX Calibration Prompt" gives prompt number `index` of the built-in list (the ~1,100
+   prompts shipped with the pack), of a .txt file in models/ternaryflux_calibration, or of the lines typed
+   into custom_prompts. Its `index` is set to *increment* after every queued run.
+3. Set the Queue batch count (e.g. 100) and press Queue once: each run records ONE prompt (every
+   5th transformer call of its 20 steps, 4 samples, about 18 MB at 1024x1024) into a new file
+   output/ternaryflux_calibration/flux_calibration_NNNNN.safetensors.
+4. Quantize with all recorded files:
+   ternaryflux quantize --method calibrated --calibration output/ternaryflux_calibration/*.safetensors
+   (or pick one file in the Ternarize FLUX node, method "calibrated").
+"""
 
 
 def record_calibration() -> dict:
@@ -317,34 +345,51 @@ def record_calibration() -> dict:
         "TernaryFluxRecordCalibration",
         (420, 40),
         filename_prefix="flux_calibration",
-        every_n_calls=2,
+        every_n_calls=5,
         max_samples=64,
         max_mb=512,
         store_dtype="bf16",
     )
     g.link(src, 0, rec, "model")
     clip, vae = encoders(g, 300)
-    latent = g.add("EmptySD3LatentImage", (40, 900), width=1024, height=1024, batch_size=1)
-    for i, text in enumerate(CALIBRATION_PROMPTS):
-        y = 300 + 300 * i
-        pos, neg = text_branch(g, clip, text, y)
-        ks = g.add(
-            "KSampler",
-            (1140, y),
-            seed=100 + i,
-            control_after_generate="fixed",
-            steps=20,
-            cfg=1.0,
-            sampler_name="euler",
-            scheduler="simple",
-            denoise=1.0,
-        )
-        g.link(rec, 0, ks, "model")
-        g.link(pos, 0, ks, "positive")
-        g.link(neg, 0, ks, "negative")
-        g.link(latent, 0, ks, "latent_image")
-        decode_save(g, ks, vae, 1500, y, f"calibration_{i}")
-    return g.to_json("Record calibration data over a list of prompts (one sampler branch per prompt)")
+    prompt = g.add(
+        "TernaryFluxCalibrationPrompt",
+        (40, 520),
+        index=0,
+        control_after_generate="increment",
+        source="built-in",
+        custom_prompts="",
+    )
+    enc = g.add("CLIPTextEncode", (420, 300), text="")
+    g.widget_to_input(enc, "text", "STRING")
+    g.link(clip, 0, enc, "clip")
+    g.link(prompt, 0, enc, "text")
+    fg = g.add("FluxGuidance", (780, 300), guidance=3.5)
+    g.link(enc, 0, fg, "conditioning")
+    neg = g.add("ConditioningZeroOut", (780, 420))
+    g.link(enc, 0, neg, "conditioning")
+    latent = g.add("EmptySD3LatentImage", (780, 540), width=1024, height=1024, batch_size=1)
+    ks = g.add(
+        "KSampler",
+        (1140, 40),
+        seed=100,
+        control_after_generate="increment",
+        steps=20,
+        cfg=1.0,
+        sampler_name="euler",
+        scheduler="simple",
+        denoise=1.0,
+    )
+    g.link(rec, 0, ks, "model")
+    g.link(fg, 0, ks, "positive")
+    g.link(neg, 0, ks, "negative")
+    g.link(latent, 0, ks, "latent_image")
+    decode_save(g, ks, vae, 1500, 40, "calibration_preview")
+    note = g.add("Note", (1140, 420), title="How to record calibration data", text=RECORD_NOTE)
+    g.nodes[note - 1]["size"] = [640, 300]
+    return g.to_json(
+        "Record calibration data: one prompt per queued run (Calibration Prompt -> Record Calibration)"
+    )
 
 
 WORKFLOWS = {

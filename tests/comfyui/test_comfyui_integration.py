@@ -46,6 +46,10 @@ from ternaryflux.core.flux_layout import is_ternary_layer  # noqa: E402
 from ternaryflux.core.flux_model import flux_from_state_dict  # noqa: E402
 from ternaryflux.core.ternarize import ternarize  # noqa: E402
 from ternaryflux.core.ternary_weight import TernaryWeight  # noqa: E402
+from ternaryflux.nodes.prompt_list import builtin_prompts  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workflow_tools import FRONTEND_ONLY, text_seed  # noqa: E402
 
 pytestmark = pytest.mark.comfyui
 
@@ -62,6 +66,8 @@ LORA_LAYERS = [
     "img_in",
 ]
 DIFF_LAYER = "double_blocks.0.img_mlp.0"
+RECORD_WF = "ternaryflux_record_calibration"
+MY_PROMPTS = "# my prompts\nfirst custom prompt\n\n  second custom prompt  \n"
 OFFSET_LAYER = ("double_blocks.0.img_attn.qkv", "transformer_blocks.0.attn.to_k")  # rows [H, 2H)
 
 
@@ -201,8 +207,18 @@ def _loader(name: str) -> dict:
 def host(tmp_path_factory) -> Host:
     base = tmp_path_factory.mktemp("comfybase")
     dm, loras = base / "models" / "diffusion_models", base / "models" / "loras"
-    for d in (dm, loras, base / "models" / "text_encoders", base / "models" / "vae", base / "custom_nodes"):
+    calib_dir = base / "models" / "ternaryflux_calibration"
+    for d in (
+        dm,
+        loras,
+        base / "models" / "text_encoders",
+        base / "models" / "vae",
+        base / "custom_nodes",
+        calib_dir,
+    ):
         d.mkdir(parents=True, exist_ok=True)
+    (calib_dir / "my_prompts.txt").write_text(MY_PROMPTS)
+    (calib_dir / "empty.txt").write_text("# no prompts here\n\n")
     (base / "custom_nodes" / "ComfyUI-TernaryFLUX").symlink_to(ROOT, target_is_directory=True)
     (base / "custom_nodes" / "tf_test_nodes").symlink_to(HERE / "test_nodes_pack", target_is_directory=True)
 
@@ -297,9 +313,40 @@ def host(tmp_path_factory) -> Host:
         "UNETLoader": {"unet_name": "tiny_flux_dev.safetensors"},
         "TernaryFluxSave": {"filename": "tiny_saved"},
     }
+    # record calibration: 8 steps, every 2nd call -> 4 samples per queued run (one file each)
+    record_set = {
+        **txt2img_set,
+        "KSampler": {"steps": 8},
+        "TernaryFluxRecordCalibration": {"every_n_calls": 2},
+        "TernaryFluxCalibrationPrompt": {"index": 0},
+    }
     for wf in WORKFLOWS:
         jobs.append({"name": f"validate_{wf.stem}", "workflow": str(wf), "validate_only": True})
-        jobs.append({"name": f"run_{wf.stem}", "workflow": str(wf), "set": txt2img_set})
+        jobs.append(
+            {
+                "name": f"run_{wf.stem}",
+                "workflow": str(wf),
+                "set": record_set if wf.stem == RECORD_WF else txt2img_set,
+            }
+        )
+    record_wf = str(ROOT / "workflows" / f"{RECORD_WF}.json")
+    # like a queue with batch count 2: the frontend has incremented index -> 1 (file _00002)
+    for name, prompt_set in (
+        ("record_index1", {"index": 1}),
+        ("record_file", {"index": 3, "source": "my_prompts.txt"}),  # 2 prompts: 3 wraps to 1 (_00003)
+        (
+            "record_custom",
+            {"index": 2, "custom_prompts": "alpha prompt\n# skipped\n\nbeta prompt\n"},
+        ),  # (_00004)
+        ("record_empty_file", {"index": 0, "source": "empty.txt"}),  # fails: no file written
+    ):
+        jobs.append(
+            {
+                "name": name,
+                "workflow": record_wf,
+                "set": {**record_set, "TernaryFluxCalibrationPrompt": prompt_set},
+            }
+        )
     schnell_set = {
         **txt2img_set,
         "TernaryFluxLoader": {"unet_name": "tiny_ternary_schnell.safetensors"},
@@ -429,14 +476,22 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_host_version_and_pack_nodes(host: Host):
     assert host.results["_host"]["version"]
     r = host.ok("node_list")
-    mine = {"TernaryFluxLoader", "TernaryFluxTernarize", "TernaryFluxSave", "TernaryFluxRecordCalibration"}
+    mine = {
+        "TernaryFluxLoader",
+        "TernaryFluxTernarize",
+        "TernaryFluxSave",
+        "TernaryFluxRecordCalibration",
+        "TernaryFluxCalibrationPrompt",
+    }
     assert mine <= set(r["nodes"])
     assert {r["display"][k] for k in mine} == {
         "Load Ternary FLUX",
         "Ternarize FLUX",
         "Save Ternary FLUX",
         "Record Calibration",
+        "TernaryFLUX Calibration Prompt",
     }
+    assert not FRONTEND_ONLY & set(r["nodes"]), "Note/MarkdownNote/Reroute/PrimitiveNode are frontend-only"
     assert set(r["categories"].values()) == {"TernaryFLUX"}
     for node, schema in r["pack_schemas"].items():
         for section in ("required", "optional"):
@@ -446,6 +501,13 @@ def test_host_version_and_pack_nodes(host: Host):
     options = r["pack_schemas"]["TernaryFluxLoader"]["required"]["unet_name"][1]["options"]
     assert "tiny_ternary_dev.safetensors" in options and "broken_truncated.safetensors" in options
     assert "tiny_flux_dev.safetensors" not in options and "broken_not_safetensors.safetensors" not in options
+    # the prompt node: built-in list or the .txt files of the calibration folder; index increments
+    cp = r["pack_schemas"]["TernaryFluxCalibrationPrompt"]
+    assert cp["required"]["source"][1]["options"] == ["built-in", "empty.txt", "my_prompts.txt"]
+    assert cp["required"]["index"][0] == "INT" and cp["required"]["index"][1]["control_after_generate"]
+    assert cp["optional"]["custom_prompts"][1]["multiline"]
+    n = len(builtin_prompts())
+    assert n >= 1000 and f"the {n} prompts" in cp["required"]["source"][1]["tooltip"]
 
 
 def test_loader_matches_library_reference_dev_batch2_nonsquare(host: Host):
@@ -547,6 +609,7 @@ def test_shipped_workflow_validates_unchanged(host: Host, wf: Path):
     assert r["valid"], r.get("node_errors") or r.get("validation_error")
     classes = {n["class_type"] for n in r["api_original"].values()}
     assert classes <= set(host.job("node_list")["nodes"])
+    assert not classes & FRONTEND_ONLY  # notes are dropped by the UI -> API conversion
 
 
 @pytest.mark.parametrize("wf", WORKFLOWS, ids=lambda p: p.stem)
@@ -585,19 +648,51 @@ def test_save_refuses_overwrite_and_escapes(host: Host):
     assert _rel(host.forward_out("saved_base3"), host.forward_out("dev")) < 1e-3
 
 
+def _expected_context(text: str) -> torch.Tensor:
+    """The conditioning TFTestConditioning gives for ``text`` (batch 1, 8 tokens)."""
+    return torch.randn(1, 8, 4096, generator=torch.Generator().manual_seed(text_seed(text)))
+
+
+def _recorded_prompt(samples, candidates: list[str]) -> str:
+    """Which of ``candidates`` the recorded context belongs to (exactly one must match)."""
+    ctx = samples[0].context.float()
+    hits = [
+        t
+        for t in candidates
+        if torch.allclose(ctx, _expected_context(t).expand_as(ctx), atol=0.02, rtol=0.02)
+    ]
+    assert len(hits) == 1, f"recorded context matches {len(hits)} of the candidate prompts"
+    return hits[0]
+
+
 def test_record_calibration_workflow_writes_a_valid_file(host: Host):
-    host.ok("run_ternaryflux_record_calibration")
+    host.ok(f"run_{RECORD_WF}")
+    for name in ("record_index1", "record_file", "record_custom"):
+        host.ok(name)
     files = sorted((host.base / "output" / "ternaryflux_calibration").glob("*.safetensors"))
-    assert [f.name for f in files] == ["flux_calibration_00001.safetensors"]
-    samples = read_calibration(files[0])
-    # 4 prompts x 2 steps = 8 transformer calls, every 2nd kept
-    assert len(samples) == 4
-    s = samples[0]
+    assert [f.name for f in files] == [f"flux_calibration_{i:05d}.safetensors" for i in (1, 2, 3, 4)]
+    runs = [read_calibration(f) for f in files]
+    # one queued run = one prompt = 8 steps, every 2nd transformer call kept
+    assert [len(r) for r in runs] == [4, 4, 4, 4]
+    s = runs[0][0]
     assert s.x.shape == (2, 16, 24, 40) and s.context.shape == (2, 8, 4096) and s.y.shape == (2, 768)
     assert s.guidance is not None and torch.allclose(s.guidance.float(), torch.full((2,), 3.5))
-    assert {round(float(x.timestep[0]), 3) for x in samples} and all(
-        torch.isfinite(x.x.float()).all() for x in samples
-    )
+    assert all(torch.isfinite(x.x.float()).all() for r in runs for x in r)
+    assert len({round(float(x.timestep[0]), 4) for x in runs[0]}) == 4  # spread over the trajectory
+    # the calibration prompt node fed CLIPTextEncode: index 0 and 1 of the built-in list ...
+    builtin = builtin_prompts()
+    assert _recorded_prompt(runs[0], builtin[:3]) == builtin[0]
+    assert _recorded_prompt(runs[1], builtin[:3]) == builtin[1]
+    assert not torch.allclose(runs[0][0].context.float(), runs[1][0].context.float(), atol=0.1)
+    # ... a .txt file in models/ternaryflux_calibration (index 3 wraps to 1) and custom_prompts (2 -> 0)
+    mine = ["first custom prompt", "second custom prompt"]
+    assert _recorded_prompt(runs[2], mine + builtin[:2]) == "second custom prompt"
+    assert _recorded_prompt(runs[3], ["alpha prompt", "beta prompt", *mine]) == "alpha prompt"
+
+
+def test_calibration_prompt_empty_list_gives_one_clear_error(host: Host):
+    msg = _err(host, "record_empty_file")
+    assert "Calibration Prompt" in msg and "empty.txt" in msg and "holds no prompts" in msg
 
 
 def test_calibrated_ternarize_runs(host: Host):

@@ -7,6 +7,7 @@ definitions (``INPUT_TYPES()`` of each class), the unit tests use the structural
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -136,20 +137,27 @@ TEXT_ENCODER_LOADERS = {"DualCLIPLoader", "CLIPLoader", "TripleCLIPLoader"}
 TEXT_ENCODERS = {"CLIPTextEncode", "CLIPTextEncodeFlux"}
 
 
+def text_seed(text: str) -> int:
+    """The seed ``TFTestConditioning`` derives from a prompt text (keep in sync with the test pack)."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "little") & 0x7FFFFFFF
+
+
 def make_test_prompt(
     api: dict[str, dict], set_inputs: dict[str, dict[str, Any]], tokens: int = 8
 ) -> dict[str, dict]:
-    """Swap what tests cannot run: text encoders → ``TFTestConditioning``, VAE decode + SaveImage →
-    ``SaveLatent``; then set inputs per class (``{"KSampler": {"steps": 2}, ...}``)."""
+    """Swap what tests cannot run: text encoders → ``TFTestConditioning`` (a linked ``text`` input
+    stays linked, so the conditioning follows the prompt; typed texts keep the per-node seed), VAE
+    decode + SaveImage → ``SaveLatent``; then set inputs per class (``{"KSampler": {"steps": 2}}``)."""
     p = copy.deepcopy(api)
     for nid, node in list(p.items()):
         ct = node["class_type"]
         if ct in TEXT_ENCODERS:
             batch = node["inputs"].get("batch", 1)
-            p[nid] = {
-                "class_type": "TFTestConditioning",
-                "inputs": {"seed": int(nid), "tokens": tokens, "batch": batch},
-            }
+            inputs = {"seed": int(nid), "tokens": tokens, "batch": batch}
+            text = node["inputs"].get("text")
+            if isinstance(text, list):  # linked, e.g. from TernaryFluxCalibrationPrompt
+                inputs["text"] = text
+            p[nid] = {"class_type": "TFTestConditioning", "inputs": inputs}
     for nid, node in list(p.items()):
         if node["class_type"] == "SaveImage":
             src = node["inputs"]["images"]

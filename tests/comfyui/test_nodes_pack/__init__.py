@@ -1,17 +1,25 @@
 """Test-only ComfyUI nodes for the TernaryFLUX integration tests (never shipped to users).
 
 * ``TFTestConditioning`` — seeded random FLUX conditioning ``[B, L, 4096]`` + pooled ``[B, 768]``,
-  standing in for DualCLIPLoader + CLIPTextEncode (no text encoder weights in tests).
+  standing in for DualCLIPLoader + CLIPTextEncode (no text encoder weights in tests). With a
+  ``text`` (typed or linked, e.g. from the Calibration Prompt node) the seed is derived from the
+  text instead (:func:`text_seed`), so different prompts give different conditioning.
 * ``TFTestForward`` — loads a MODEL the way samplers do and runs its diffusion model once on
   inputs from a safetensors file, saving the output (in-host vs library reference comparison).
 * ``TFTestModelInfo`` — writes facts about a MODEL (class, sizes, patches) as JSON.
 """
 
+import hashlib
 import json
 
 import comfy.model_management
 import torch
 from safetensors.torch import load_file, save_file
+
+
+def text_seed(text: str) -> int:
+    """Seed for a prompt text (same formula as ``workflow_tools.text_seed``)."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "little") & 0x7FFFFFFF
 
 
 class TFTestConditioning:
@@ -22,15 +30,16 @@ class TFTestConditioning:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
                 "tokens": ("INT", {"default": 8, "min": 1, "max": 512}),
                 "batch": ("INT", {"default": 1, "min": 1, "max": 16}),
-            }
+            },
+            "optional": {"text": ("STRING", {"default": "", "multiline": True})},
         }
 
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "make"
     CATEGORY = "TernaryFLUX/testing"
 
-    def make(self, seed, tokens, batch):
-        g = torch.Generator().manual_seed(seed)
+    def make(self, seed, tokens, batch, text=""):
+        g = torch.Generator().manual_seed(text_seed(text) if text else seed)
         cond = torch.randn(batch, tokens, 4096, generator=g)
         pooled = torch.randn(batch, 768, generator=g)
         return ([[cond, {"pooled_output": pooled}]],)
