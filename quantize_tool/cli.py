@@ -10,15 +10,22 @@ import sys
 
 from ..core.checkpoint import TernaryFormatError
 from ..version import __version__
+from .errors import ToolError
+
+__all__ = ["COMMAND_MODULES", "ToolError", "build_parser", "main"]
 
 # subcommand modules, in the order `--help` lists them
-COMMAND_MODULES = ["cmd_demo"]
+COMMAND_MODULES = [
+    "cmd_demo",
+    "cmd_inspect",
+    "cmd_calibrate",
+    "cmd_quantize",
+    "cmd_distill",
+    "cmd_eval",
+    "cmd_convert",
+]
 
 log = logging.getLogger("ternaryflux")
-
-
-class ToolError(Exception):
-    """A user-facing error: printed as one line, exit status 2, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ternaryflux",
         description=(
             "TernaryFLUX offline tool: make and check 1.58-bit (ternary) FLUX checkpoints for the "
-            "TernaryFLUX ComfyUI nodes. Start with `ternaryflux demo` (no downloads)."
+            "TernaryFLUX ComfyUI nodes. Start with `ternaryflux demo` (no downloads). Recommended recipe: "
+            "calibrate -> quantize --method calibrated -> distill -> eval. `ternaryflux COMMAND --help` explains each step."
         ),
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

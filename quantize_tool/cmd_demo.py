@@ -35,7 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=["absmean", "twn"], default="absmean", help="data-free ternarization")
     p.add_argument("--size", type=int, default=32, help="latent height and width (default 32 = 256 px image)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="folder for the checkpoints (default: a temp folder)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="folder for the checkpoints (default: a temp folder)"
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     p.set_defaults(func=run)
 
@@ -66,11 +68,19 @@ def run(args: argparse.Namespace) -> int:
 
     folder = args.out or Path(tempfile.mkdtemp(prefix="ternaryflux-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
-    sd = {k: (v.to(torch.bfloat16) if v.is_floating_point() and not k.endswith("weight_scale") else v) for k, v in tern.state_dict().items()}
+    sd = {
+        k: (v.to(torch.bfloat16) if v.is_floating_point() and not k.endswith("weight_scale") else v)
+        for k, v in tern.state_dict().items()
+    }
     sizes = {}
     for packing in ("2bit", "base3"):
         path = folder / f"tiny-flux-ternary-{packing}.safetensors"
-        meta = TernaryMetadata(packing=packing, variant=config.variant, source_name="built-in tiny FLUX (demo)", method=args.method)
+        meta = TernaryMetadata(
+            packing=packing,
+            variant=config.variant,
+            source_name="built-in tiny FLUX (demo)",
+            method=args.method,
+        )
         write_checkpoint(path, sd, meta)
         sizes[packing] = path.stat().st_size
 
@@ -99,16 +109,28 @@ def run(args: argparse.Namespace) -> int:
         "seconds": {"float_step": t_float, "ternarize": t_quant, "load": t_load, "ternary_step": t_tern},
     }
     rows = [
-        ["model", f"tiny FLUX hidden {args.hidden}, {args.depth}+{args.depth_single} blocks, {config.variant}"],
-        ["parameters ternary", f"{params_ternary:,} / {params_total:,} ({100 * figures['ternary_fraction']:.1f}%)"],
+        [
+            "model",
+            f"tiny FLUX hidden {args.hidden}, {args.depth}+{args.depth_single} blocks, {config.variant}",
+        ],
+        [
+            "parameters ternary",
+            f"{params_ternary:,} / {params_total:,} ({100 * figures['ternary_fraction']:.1f}%)",
+        ],
         ["bf16 size", human_bytes(bf16_bytes)],
         ["file, 2-bit", f"{human_bytes(sizes['2bit'])} ({bf16_bytes / sizes['2bit']:.2f}x smaller)"],
-        ["file, base3 at rest", f"{human_bytes(sizes['base3'])} ({bf16_bytes / sizes['base3']:.2f}x smaller)"],
+        [
+            "file, base3 at rest",
+            f"{human_bytes(sizes['base3'])} ({bf16_bytes / sizes['base3']:.2f}x smaller)",
+        ],
         ["denoising step max |err|", f"{figures['step_max_abs_err']:.4g}"],
         ["denoising step rel. err", f"{figures['step_rel_err']:.4g}"],
         [f"velocity rel. err ({args.method})", f"{figures['velocity_rel_err']:.4g}"],
         ["reloaded == in-memory", str(figures["reload_matches_in_memory"])],
-        ["time: ternarize / load / step", f"{t_quant:.2f} s / {t_load:.2f} s / {t_tern:.2f} s (float step {t_float:.2f} s)"],
+        [
+            "time: ternarize / load / step",
+            f"{t_quant:.2f} s / {t_load:.2f} s / {t_tern:.2f} s (float step {t_float:.2f} s)",
+        ],
         ["checkpoints", str(folder)],
     ]
     print(format_table(["TernaryFLUX demo", ""], rows))

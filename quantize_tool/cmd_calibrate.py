@@ -1,0 +1,228 @@
+"""``ternaryflux calibrate``: build a calibration set (what the FLUX transformer sees while sampling).
+
+Two sources:
+
+1. Files recorded in ComfyUI by the *Record Calibration* node (recommended: real T5/CLIP
+   conditioning, your resolutions and samplers). calibrate merges them, optionally subsamples
+   (--max-samples) and splits off a held-out part for `ternaryflux eval` (--heldout-fraction,
+   --heldout-out). Example:
+
+     ternaryflux calibrate --recorded rec/*.safetensors --max-samples 64 \\
+         --heldout-fraction 0.2 --heldout-out heldout.safetensors -o calib.safetensors
+
+2. Prompts (the built-in list of 1,000+ prompts, or --prompts FILE, one per line) run through the
+   float model with an Euler flow-matching sampler on the FLUX shift schedule; the latent is
+   recorded at several steps of each real trajectory (--record-steps). The prompts must be
+   encoded by T5-XXL and CLIP-L: pass local files with --t5 and --clip (this needs the
+   `transformers` library; without it calibrate says so and stops). --synthetic replaces the
+   text encoders by seeded random conditioning: for tests and pipeline checks only. Example:
+
+     ternaryflux calibrate --model flux1-dev.safetensors --t5 t5xxl_fp16.safetensors \\
+         --clip clip_l.safetensors --num-prompts 16 --steps 20 -o calib.safetensors
+
+Held-out splits are by trajectory (prompt), so eval never sees a step of a calibration image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from importlib import resources
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..core.calibration_data import CalibrationSample, write_calibration
+from ..core.flux_model import flux_from_state_dict
+from .common import FORMATTER, add_device_arg, add_progress_arg, load_calibration
+from .errors import ToolError
+from .flux_quantize import resolve_device
+from .report import format_table
+from .sampling import euler_trajectory, flux_sigmas, synthetic_conditioning
+from .sources import open_source
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="build a calibration set (from recorded files or prompts)",
+        description=__doc__,
+        formatter_class=FORMATTER,
+    )
+    p.add_argument("-o", "--out", type=Path, required=True, help="calibration file to write")
+    g = p.add_argument_group("from recorded files")
+    g.add_argument(
+        "--recorded",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="files written by the Record Calibration node",
+    )
+    g.add_argument(
+        "--max-samples", type=int, default=None, help="keep a seeded random subset of this many samples"
+    )
+    g = p.add_argument_group("from prompts")
+    g.add_argument("--model", type=Path, help="float FLUX (any layout quantize accepts)")
+    g.add_argument(
+        "--prompts", type=Path, default=None, help="one prompt per line (default: the built-in list)"
+    )
+    g.add_argument(
+        "--num-prompts", type=int, default=16, help="prompts to sample (seeded choice; default 16)"
+    )
+    g.add_argument("--t5", type=Path, help="local T5-XXL encoder file")
+    g.add_argument("--clip", type=Path, help="local CLIP-L encoder file")
+    g.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="seeded random text conditioning instead of T5/CLIP (tests only)",
+    )
+    g.add_argument(
+        "--size", type=int, default=1024, help="image size in pixels (latent = size/8; default 1024)"
+    )
+    g.add_argument("--steps", type=int, default=20, help="Euler steps per trajectory (default 20)")
+    g.add_argument(
+        "--record-steps", default="0,4,8,12,16", help="steps whose inputs are recorded (default 0,4,8,12,16)"
+    )
+    g.add_argument(
+        "--guidance", type=float, default=3.5, help="guidance strength for FLUX.1-dev (default 3.5)"
+    )
+    g.add_argument("--txt-len", type=int, default=256, help="text tokens (synthetic mode; default 256)")
+    p.add_argument(
+        "--heldout-fraction",
+        type=float,
+        default=0.0,
+        help="fraction split off for eval (needs --heldout-out)",
+    )
+    p.add_argument("--heldout-out", type=Path, default=None, help="where the held-out part goes")
+    p.add_argument("--seed", type=int, default=0)
+    add_device_arg(p)
+    add_progress_arg(p)
+    p.set_defaults(func=run)
+
+
+def builtin_prompts() -> list[str]:
+    text = resources.files(__package__).joinpath("data/calibration_prompts.txt").read_text(encoding="utf-8")
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def _split(
+    groups: list[list[CalibrationSample]], fraction: float, seed: int
+) -> tuple[list[CalibrationSample], list[CalibrationSample]]:
+    if fraction <= 0:
+        return [s for g in groups for s in g], []
+    n_hold = max(1, round(len(groups) * fraction))
+    if n_hold >= len(groups):
+        raise ToolError(
+            f"--heldout-fraction {fraction} leaves nothing for calibration ({len(groups)} trajectories/samples)"
+        )
+    perm = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed + 1)).tolist()
+    hold = set(perm[:n_hold])
+    cal = [s for i, g in enumerate(groups) if i not in hold for s in g]
+    held = [s for i, g in enumerate(groups) if i in hold for s in g]
+    return cal, held
+
+
+def encode_prompts_with_text_encoders(t5: Path, clip: Path):
+    """Real T5/CLIP encoding outside ComfyUI."""
+    for f in (t5, clip):
+        if not f.is_file():
+            raise ToolError(f"{f}: no such text-encoder file")
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise ToolError(
+            "encoding prompts outside ComfyUI needs the `transformers` and `sentencepiece` libraries plus the T5-XXL "
+            "encoder (t5xxl_fp16.safetensors) and CLIP-L (clip_l.safetensors) with their tokenizer files; they are not "
+            "installed. Easiest: record calibration in ComfyUI with the Record Calibration node and run "
+            "`ternaryflux calibrate --recorded FILES`, or use --synthetic for a pipeline check"
+        ) from None
+    raise ToolError(
+        "T5/CLIP encoding from single .safetensors files is not implemented in this version (tokenizer configs are not "
+        "shipped with ComfyUI's encoder files); record calibration in ComfyUI with the Record Calibration node instead"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.heldout_fraction and not args.heldout_out:
+        raise ToolError("--heldout-fraction needs --heldout-out FILE")
+    if not 0 <= args.heldout_fraction < 1:
+        raise ToolError("--heldout-fraction must be in [0, 1)")
+    if bool(args.recorded) == bool(args.model):
+        raise ToolError("give either --recorded FILE... or --model FLUX (with --t5/--clip or --synthetic)")
+    if args.recorded:
+        samples, summary = load_calibration(args.recorded, args.max_samples, args.seed)
+        groups = [[s] for s in samples]
+        info = {"source": "recorded", "files": [f["file"] for f in summary["files"]]}
+    else:
+        groups, info = _from_prompts(args)
+    cal, held = _split(groups, args.heldout_fraction, args.seed)
+    write_calibration(args.out, cal, {**info, "split": "calibration"})
+    rows = [["calibration", f"{len(cal)} samples -> {args.out}"]]
+    if held:
+        write_calibration(args.heldout_out, held, {**info, "split": "heldout"})
+        rows.append(["held out", f"{len(held)} samples -> {args.heldout_out}"])
+    print(format_table(["ternaryflux calibrate", ""], rows))
+    return 0
+
+
+@torch.no_grad()
+def _from_prompts(args: argparse.Namespace) -> tuple[list[list[CalibrationSample]], dict]:
+    prompts = (
+        builtin_prompts()
+        if args.prompts is None
+        else [ln.strip() for ln in args.prompts.read_text().splitlines() if ln.strip()]
+    )
+    if not prompts:
+        raise ToolError(f"{args.prompts}: no prompts")
+    if not args.synthetic:
+        if not (args.t5 and args.clip):
+            raise ToolError(
+                "prompts must be encoded: pass --t5 FILE and --clip FILE (local encoder files), or --synthetic for a test run"
+            )
+        encode_prompts_with_text_encoders(args.t5, args.clip)
+    try:
+        record = sorted({int(s) for s in args.record_steps.split(",") if s.strip()})
+    except ValueError:
+        raise ToolError(f"--record-steps {args.record_steps!r}: comma-separated step numbers") from None
+    if not record or record[-1] >= args.steps or record[0] < 0:
+        raise ToolError(f"--record-steps must be in 0..{args.steps - 1}")
+    if args.size % 16:
+        raise ToolError("--size must be a multiple of 16")
+    dev = resolve_device(args.device)
+    src = open_source(args.model)
+    cfg = src.config
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    model = flux_from_state_dict(src.state_dict(), dtype=dtype, device=dev)
+    g = torch.Generator().manual_seed(args.seed)
+    chosen = [prompts[i] for i in torch.randperm(len(prompts), generator=g)[: args.num_prompts].tolist()]
+    lat = args.size // 8
+    tokens = (lat // 2) ** 2
+    sigmas = flux_sigmas(args.steps, tokens, shift=cfg.guidance_embed)
+    groups = []
+    for prompt in tqdm(chosen, desc="calibrate (trajectories)", disable=args.no_progress):
+        ctx, y = synthetic_conditioning(prompt, args.txt_len, cfg.context_in_dim, cfg.vec_in_dim)
+        noise = torch.randn(1, cfg.in_channels // 4, lat, lat, generator=g)
+        guid = torch.full((1,), args.guidance) if cfg.guidance_embed else None
+        recs, _ = euler_trajectory(
+            model,
+            noise.to(dev),
+            ctx.to(dev),
+            y.to(dev),
+            None if guid is None else guid.to(dev),
+            sigmas.to(dev),
+            record,
+        )
+        groups.append(recs)
+    info = {
+        "source": "synthetic" if args.synthetic else "prompts",
+        "model": src.files[0].name,
+        "prompts": len(chosen),
+        "steps": args.steps,
+        "record_steps": record,
+        "size": args.size,
+        "sampler": "euler, FLUX shift schedule" if cfg.guidance_embed else "euler, unshifted (schnell)",
+    }
+    return groups, info

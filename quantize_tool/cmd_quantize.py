@@ -1,0 +1,175 @@
+"""``ternaryflux quantize``: float FLUX in, TernaryFLUX checkpoint out.
+
+Every Linear inside the double and single blocks becomes ternary ({-1, 0, +1} codes with one
+float scale per output channel, or per group of --group-size inputs); embedders, the final
+layer, norms and biases keep their precision. The source is streamed tensor by tensor and the
+output written as it is produced, so memory stays at about one block (absmean runs on a 24 GB
+machine without GPU; a GPU is used when present).
+
+Methods:
+  absmean      BitNet b1.58 absmean rounding. Data-free, fast, the baseline.
+  twn          Ternary-weight-network thresholds. Data-free.
+  calibrated   (recommended) Block by block on calibration inputs: for every Linear, candidate
+               ternarizations (TWN, activation-weighted thresholds, GPTQ error feedback with
+               act-order; each with and without bias correction) are tried and the one that
+               gives the smallest error of the *block's output* is kept. Needs --calibration.
+               Follow it with `ternaryflux distill` for the best quality.
+
+Inputs: BFL layout (flux1-dev.safetensors), ComfyUI checkpoints (model.diffusion_model.*),
+diffusers (transformer/ folder, single or sharded with *.safetensors.index.json); bf16, fp16,
+fp32 or fp8. Writes OUT atomically plus a JSON report (per-layer error, sizes, time, memory).
+
+Examples:
+  ternaryflux quantize flux1-dev.safetensors -o flux1-dev-ternary.safetensors
+  ternaryflux quantize FLUX.1-dev/transformer --method calibrated \\
+      --calibration calib/*.safetensors --calib-samples 32 -o flux1-dev-ternary-cal.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from .algorithms import ALL_CANDIDATES, DEFAULT_CANDIDATES, TernaryConfig
+from .common import (
+    FORMATTER,
+    add_device_arg,
+    add_progress_arg,
+    check_calibration_fits,
+    default_report_path,
+    load_calibration,
+    write_json,
+)
+from .errors import ToolError
+from .flux_quantize import quantize_flux
+from .report import format_table, human_bytes
+from .sources import open_source
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="float FLUX -> ternary checkpoint (absmean | twn | calibrated)",
+        description=__doc__,
+        formatter_class=FORMATTER,
+    )
+    p.add_argument(
+        "source",
+        type=Path,
+        help="float FLUX: .safetensors file, *.safetensors.index.json, or a diffusers transformer folder",
+    )
+    p.add_argument("-o", "--out", type=Path, required=True, help="output checkpoint (.safetensors)")
+    p.add_argument(
+        "--method",
+        choices=["absmean", "twn", "calibrated"],
+        default="absmean",
+        help="see above (default absmean)",
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="calibration files (for calibrated)",
+    )
+    p.add_argument(
+        "--calib-samples", type=int, default=32, help="use at most this many calibration samples (default 32)"
+    )
+    p.add_argument(
+        "--group-size",
+        type=int,
+        default=0,
+        help="0 = one scale per output channel (default); or a multiple of 128 dividing K (256 fits FLUX)",
+    )
+    p.add_argument(
+        "--at-rest",
+        choices=["2bit", "base3"],
+        default="2bit",
+        help="packing on disk: 2bit (runtime) or base3 (1.6 bit, smaller download)",
+    )
+    p.add_argument(
+        "--candidates",
+        default=",".join(DEFAULT_CANDIDATES),
+        help=f"calibrated: comma-separated candidates from {','.join(ALL_CANDIDATES)} (default {','.join(DEFAULT_CANDIDATES)})",
+    )
+    p.add_argument(
+        "--bias-correction",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="calibrated: bias correction (auto = block error decides)",
+    )
+    add_device_arg(p)
+    p.add_argument("--seed", type=int, default=0, help="seed for subsampling calibration data")
+    p.add_argument(
+        "--report", type=Path, default=None, help="JSON report path (default: OUT with .report.json)"
+    )
+    p.add_argument(
+        "--no-hash",
+        action="store_true",
+        help="do not compute the source SHA-256 (saves one read of the source)",
+    )
+    add_progress_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.out.resolve() == args.source.resolve():
+        raise ToolError("-o must differ from the source")
+    src = open_source(args.source)
+    cands = tuple(c.strip() for c in args.candidates.split(",") if c.strip())
+    cfg = TernaryConfig(
+        method=args.method, group_size=args.group_size, candidates=cands, bias_correction=args.bias_correction
+    )
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise ToolError(str(e)) from None
+    samples, summary = None, None
+    if args.method == "calibrated":
+        if not args.calibration:
+            raise ToolError(
+                "--method calibrated needs --calibration FILE... (record it with the Record Calibration node in ComfyUI, "
+                "or `ternaryflux calibrate`)"
+            )
+        samples, summary = load_calibration(args.calibration, args.calib_samples, args.seed)
+        c = src.config
+        check_calibration_fits(samples, c.in_channels, c.context_in_dim, c.vec_in_dim)
+    elif args.calibration:
+        log.warning("--calibration is ignored by --method %s", args.method)
+    log.info(
+        "source: %s, %s layout, %s FLUX (%s)", args.source, src.layout_name, src.variant, src.main_dtype()
+    )
+    report = quantize_flux(
+        src,
+        args.out,
+        cfg,
+        packing=args.at_rest,
+        calibration=samples,
+        calibration_summary=summary,
+        device=args.device,
+        hash_source=not args.no_hash,
+        progress=not args.no_progress,
+    )
+    report_path = args.report or default_report_path(args.out)
+    write_json(report_path, report)
+    worst = sorted(report["layers"], key=lambda r: -r["weight_rel_err"])[:3]
+    rows = [
+        ["output", str(args.out)],
+        ["method", args.method + (f" (group size {args.group_size})" if args.group_size else "")],
+        [
+            "size",
+            f"{human_bytes(report['input_bytes'])} -> {human_bytes(report['output_bytes'])} ({report['compression']:.2f}x)",
+        ],
+        ["ternary layers", report["ternary_layers"]],
+        ["mean weight rel. err", report.get("mean_weight_rel_err", float("nan"))],
+        ["worst layers", ", ".join(f"{r['layer']} {r['weight_rel_err']:.3f}" for r in worst)],
+        ["time", f"{report['seconds']:.1f} s ({report['input_MB_per_s']:.0f} MB/s of input)"],
+        ["peak RSS", human_bytes(report["peak_rss_bytes"])],
+        ["report", str(report_path)],
+    ]
+    print(format_table(["ternaryflux quantize", ""], rows))
+    return 0

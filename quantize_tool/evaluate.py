@@ -1,0 +1,103 @@
+"""End-to-end and per-block error of a ternary FLUX against its float teacher.
+
+For each input (a calibration sample, ComfyUI convention) both models are run and compared:
+
+* **velocity** (end to end): ``||v_student - v_teacher|| / ||v_teacher||``, the figure that
+  matters: it is the error of each sampler step's direction.
+* **local** per block: the student block fed the *teacher's* block input, error of its residual
+  update relative to the teacher's update, ``||s(in_t) - t(in_t)|| / ||t(in_t) - in_t||``.
+* **stream** per block: the student's own hidden state after the block (errors accumulated
+  from earlier blocks) vs the teacher's, ``||h_s - h_t|| / ||h_t||``.
+
+Ratios are aggregated over samples as ``sqrt(sum num^2 / sum den^2)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.calibration_data import CalibrationSample
+from ..core.flux_model import Flux
+from .algorithms import flatten_outputs
+
+
+def block_names(model: Flux) -> list[str]:
+    return [f"double_blocks.{i}" for i in range(len(model.double_blocks))] + [
+        f"single_blocks.{i}" for i in range(len(model.single_blocks))
+    ]
+
+
+class _Acc:
+    def __init__(self) -> None:
+        self.num = 0.0
+        self.den = 0.0
+
+    def add(self, a: torch.Tensor, b: torch.Tensor, ref: torch.Tensor) -> None:
+        self.num += float((a.float() - b.float()).pow(2).sum())
+        self.den += float(ref.float().pow(2).sum())
+
+    @property
+    def value(self) -> float:
+        return math.sqrt(self.num / self.den) if self.den > 0 else float("nan")
+
+
+@torch.no_grad()
+def compare_models(
+    teacher: Flux, student: Flux, samples: Sequence[CalibrationSample], device=None, per_block: bool = True
+) -> dict[str, Any]:
+    """Errors of ``student`` vs ``teacher`` on ``samples`` (see module docstring)."""
+    device = device or next(teacher.parameters()).device
+    names = block_names(teacher) if per_block else []
+    local = {n: _Acc() for n in names}
+    stream = {n: _Acc() for n in names}
+    vel = _Acc()
+    per_sample = []
+    for s in samples:
+        inp = s.as_inputs(device, torch.float32)
+        t_in: dict[str, tuple] = {}
+        t_out: dict[str, list[torch.Tensor]] = {}
+        s_out: dict[str, list[torch.Tensor]] = {}
+        hooks = []
+        for n in names:
+            tb, sb = teacher.get_submodule(n), student.get_submodule(n)
+            hooks.append(tb.register_forward_pre_hook(lambda m, a, n=n, d=t_in: d.__setitem__(n, a)))
+            hooks.append(
+                tb.register_forward_hook(lambda m, a, o, n=n, d=t_out: d.__setitem__(n, flatten_outputs(o)))
+            )
+            hooks.append(
+                sb.register_forward_hook(lambda m, a, o, n=n, d=s_out: d.__setitem__(n, flatten_outputs(o)))
+            )
+        try:
+            vt = teacher.forward_latent(**inp)
+            vs = student.forward_latent(**inp)
+        finally:
+            for h in hooks:
+                h.remove()
+        vel.add(vs, vt, vt)
+        per_sample.append(float((vs - vt).norm() / vt.norm().clamp_min(1e-12)))
+        for n in names:
+            sb = student.get_submodule(n)
+            loc = flatten_outputs(sb(*t_in[n]))
+            for j, (o_s, o_t) in enumerate(zip(loc, t_out[n])):
+                local[n].add(o_s, o_t, o_t - t_in[n][j])
+            for o_s, o_t in zip(s_out[n], t_out[n]):
+                stream[n].add(o_s, o_t, o_t)
+    return {
+        "velocity_rel_err": vel.value,
+        "velocity_rel_err_per_sample": per_sample,
+        "num_samples": len(samples),
+        "blocks": [
+            {"block": n, "local_rel_err": local[n].value, "stream_rel_err": stream[n].value} for n in names
+        ],
+    }
+
+
+def velocity_error(
+    teacher: nn.Module, student: nn.Module, samples: Sequence[CalibrationSample], device=None
+) -> float:
+    return compare_models(teacher, student, samples, device, per_block=False)["velocity_rel_err"]

@@ -1,0 +1,398 @@
+"""Streaming FLUX quantization: float checkpoint in, TernaryFLUX checkpoint out, block by block.
+
+Memory: the source is read one tensor at a time (:mod:`.sources`), the output is written as it is
+produced (:mod:`.st_writer`), so the peak is about one block of float32 weights plus, for
+``calibrated``, the calibration activations. The source SHA-256 is computed in a background
+thread while the layers are processed and patched into the header before the final rename.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ..core.calibration_data import CalibrationSample
+from ..core.checkpoint import METADATA_KEY, TernaryMetadata
+from ..core.flux_layout import FluxConfig, is_ternary_layer
+from ..core.flux_model import DoubleStreamBlock, Flux, SingleStreamBlock, patchify
+from ..core.packing import pack_2bit, pack_base3, packed_2bit_cols, packed_base3_cols, unpack_2bit
+from ..core.ternarize import absmean, twn
+from ..core.ternary_weight import TernaryWeight, check_group_size, num_groups, round_scale_to_fp16
+from .algorithms import TernaryConfig, calibrate_block
+from .errors import ToolError
+from .sources import DTYPE_NAMES, FileHasher, SourceModel
+from .st_writer import StreamingSafetensorsWriter
+
+log = logging.getLogger(__name__)
+
+_SHA_PLACEHOLDER = "sha256-pending-" + "0" * 49  # 64 characters, like a hex digest
+_OUT_DTYPE = {
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F32": torch.float32,
+    "F64": torch.float32,
+    "F8_E4M3": torch.bfloat16,
+    "F8_E5M2": torch.bfloat16,
+}
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process. On Linux from ``VmHWM`` (``ru_maxrss`` would
+    include the parent's size at fork for a child process)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r if sys.platform == "darwin" else r * 1024)
+
+
+def limit_heap_growth(threshold: int = 1 << 20) -> None:
+    """glibc only: serve allocations >= ``threshold`` with mmap so freed layer buffers go back to
+    the OS at once (glibc's adaptive threshold otherwise keeps them on a fragmenting heap, and
+    the RSS of a streaming run creeps up to ~2x the largest layer)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ToolError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ToolError(f"--device {device}: this torch has no CUDA device; use --device cpu")
+    return dev
+
+
+def model_key_order(config: FluxConfig) -> list[str]:
+    with torch.device("meta"):
+        return list(Flux(config).state_dict())
+
+
+def output_specs(
+    src: SourceModel, group_size: int, packing: str
+) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    """(name, dtype, shape) of every output tensor, in writing order (the model's key order)."""
+    specs = []
+    for key in model_key_order(src.config):
+        prefix = key[: -len(".weight")] if key.endswith(".weight") else None
+        if prefix is not None and is_ternary_layer(prefix):
+            n, k = src.shapes[key]
+            check_group_size(k, group_size)
+            cols = packed_2bit_cols(k) if packing == "2bit" else packed_base3_cols(k)
+            specs += [
+                (key, torch.uint8, (n, cols)),
+                # float16, as core.checkpoint.write_checkpoint stores quantizer-made scales
+                (f"{prefix}.weight_scale", torch.float16, (n, num_groups(k, group_size))),
+                (f"{prefix}.weight_shape", torch.int64, (2,)),
+            ]
+        else:
+            specs.append((key, _OUT_DTYPE[src.dtypes[key]], src.shapes[key]))
+    return specs
+
+
+def ternary_tensors(prefix: str, tw: TernaryWeight, packing: str) -> dict[str, torch.Tensor]:
+    packed = tw.packed.cpu()
+    if packing == "base3":
+        packed = pack_base3(unpack_2bit(packed, tw.shape[1]))
+    scale = tw.scale.cpu().float()
+    scale16 = scale.to(torch.float16)
+    if not torch.equal(scale16.float(), scale):
+        # only scales outside float16's normal range (near-zero rows) can get here
+        err = ((scale16.float() - scale).abs() / scale.abs().clamp_min(1e-30)).max().item()
+        log.warning("%s: scales rounded to float16 with relative error up to %.2g", prefix, err)
+    return {
+        f"{prefix}.weight": packed,
+        f"{prefix}.weight_scale": scale16.contiguous(),
+        f"{prefix}.weight_shape": torch.tensor(tw.shape, dtype=torch.int64),
+    }
+
+
+@dataclass
+class _Emitter:
+    """Writes tensors in header order as they become ready."""
+
+    writer: StreamingSafetensorsWriter
+    specs: dict[str, tuple[torch.dtype, tuple[int, ...]]]
+    pending: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        dt, _ = self.specs[name]
+        self.pending[name] = t.detach().to("cpu", dt)
+        while (n := self.writer.next_name) is not None and n in self.pending:
+            self.writer.write(n, self.pending.pop(n))
+
+
+@torch.no_grad()
+def quantize_flux(
+    src: SourceModel,
+    out: str | Path,
+    config: TernaryConfig,
+    packing: str = "2bit",
+    calibration: Sequence[CalibrationSample] | None = None,
+    calibration_summary: dict[str, Any] | None = None,
+    device: str | None = "auto",
+    hash_source: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Quantize the FLUX ``src`` into the checkpoint ``out``; returns the JSON report (dict)."""
+    config.validate()
+    if packing not in ("2bit", "base3"):
+        raise ToolError(f"unknown packing {packing!r}: use 2bit or base3")
+    dev = resolve_device(device)
+    limit_heap_growth()
+    cfg = src.config
+    t_start = time.perf_counter()
+    hasher = FileHasher(src.files) if hash_source else None
+    try:
+        specs = output_specs(src, config.group_size, packing)
+    except ValueError as e:
+        raise ToolError(f"--group-size {config.group_size}: {e}") from None
+    if config.method == "calibrated" and not calibration:
+        raise ToolError(
+            "--method calibrated needs --calibration FILE (record one with the Record Calibration node or `ternaryflux calibrate`)"
+        )
+    meta = TernaryMetadata(
+        packing=packing,
+        group_size=config.group_size,
+        architecture="flux",
+        variant=src.variant,
+        source_name=src.files[0].name if len(src.files) == 1 else src.files[0].parent.name,
+        source_sha256=_SHA_PLACEHOLDER if hasher else None,
+        method=config.method,
+        method_params={
+            **config.params(),
+            "source_layout": src.layout,
+            "source_dtype": DTYPE_NAMES.get(src.main_dtype(), src.main_dtype()),
+        },
+        calibration=calibration_summary if config.method == "calibrated" else None,
+    )
+    writer = StreamingSafetensorsWriter(out, specs, {METADATA_KEY: meta.to_json()})
+    emitter = _Emitter(writer, {n: (dt, shp) for n, dt, shp in specs})
+    layers: list[dict[str, Any]] = []
+    n_ternary = sum(1 for n, _, _ in specs if n.endswith(".weight_scale"))
+    bar = tqdm(
+        total=n_ternary,
+        desc=f"quantize ({config.method})",
+        unit="layer",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    with writer:
+        if config.method == "calibrated":
+            _quantize_calibrated(src, cfg, config, packing, calibration, emitter, dev, layers, bar)
+        else:
+            _quantize_data_free(src, config, packing, emitter, dev, layers, bar)
+        bar.close()
+        digest = hasher.result() if hasher else None
+        if digest:
+            writer.header_patches[_SHA_PLACEHOLDER.encode()] = digest.encode()
+    seconds = time.perf_counter() - t_start
+    in_bytes = src.source_bytes()
+    out_bytes = Path(out).stat().st_size
+    report = {
+        "output": str(out),
+        "source": [str(f) for f in src.files],
+        "source_layout": src.layout_name,
+        "source_dtype": DTYPE_NAMES.get(src.main_dtype(), src.main_dtype()),
+        "source_sha256": digest,
+        "variant": src.variant,
+        "config": cfg.to_dict(),
+        "method": config.method,
+        "method_params": config.params(),
+        "packing": packing,
+        "device": str(dev),
+        "calibration": calibration_summary,
+        "input_bytes": in_bytes,
+        "output_bytes": out_bytes,
+        "compression": in_bytes / max(out_bytes, 1),
+        "seconds": seconds,
+        "input_MB_per_s": in_bytes / 1e6 / max(seconds, 1e-9),
+        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if dev.type == "cuda" else None,
+        "ternary_layers": len(layers),
+        "layers": layers,
+    }
+    if layers:
+        report["mean_weight_rel_err"] = sum(r["weight_rel_err"] for r in layers) / len(layers)
+    return report
+
+
+def chunked_data_free(
+    w: torch.Tensor, method: str, group_size: int, chunk_elems: int = 1 << 17
+) -> tuple[TernaryWeight, float]:
+    """Data-free ternarization of ``w`` (any float dtype) a slab of rows at a time: every method
+    is per row (or per group inside a row), so the result equals the whole-matrix one while the
+    float32 temporaries stay cache-sized. Returns the weight and its relative L2 error.
+
+    The default slab (128 Ki elements, 512 KB in float32) keeps every temporary under the 1 MB
+    mmap threshold set by :func:`limit_heap_growth`, so they are reused from the heap instead of
+    being page-faulted in fresh each time: measured 3x faster (485 vs 151 MB/s of bf16 input on
+    a 12288x3072 weight, 2 cores) than 4 Mi-element slabs."""
+    n, k = w.shape
+    rows = max(1, chunk_elems // k)
+    packed, raw, rounded = [], [], []
+    err = ref = 0.0
+    for r0 in range(0, n, rows):
+        wc = w[r0 : r0 + rows].float()
+        if method == "absmean":
+            codes, scale = absmean(wc, "group" if group_size else "channel", group_size)
+        else:
+            codes, scale = twn(wc, group_size)
+        packed.append(pack_2bit(codes))
+        raw.append(scale)
+        scale = round_scale_to_fp16(scale)  # as TernaryWeight.from_codes does
+        rounded.append(scale)
+        t = codes.to(torch.float32).sub_(1)
+        s = scale if group_size == 0 else scale.repeat_interleave(group_size, dim=1)
+        err += float(torch.linalg.vector_norm(torch.addcmul(wc, t, s, value=-1))) ** 2
+        ref += float(torch.linalg.vector_norm(wc)) ** 2
+    scale = torch.cat(rounded)
+    whole = round_scale_to_fp16(torch.cat(raw))
+    tw = TernaryWeight(torch.cat(packed), whole, (n, k), group_size)
+    if not torch.equal(whole, scale):  # fp16 rounding refused for the matrix as a whole: exact error
+        wf = w.float()
+        err = float(torch.linalg.vector_norm(wf - tw.dequantize())) ** 2
+    return tw, (err / ref) ** 0.5 if ref > 0 else 0.0
+
+
+def _quantize_data_free(src, config, packing, emitter, dev, layers, bar) -> None:
+    for name, _dt, _shp in list(emitter.writer.specs):
+        if name.endswith((".weight_scale", ".weight_shape")):
+            continue
+        prefix = name[: -len(".weight")] if name.endswith(".weight") else None
+        if prefix is not None and is_ternary_layer(prefix):
+            t0 = time.perf_counter()
+            w = src.get(name, dtype=None).to(dev)
+            tw, err = chunked_data_free(w, config.method, config.group_size)
+            del w
+            for k, v in ternary_tensors(prefix, tw, packing).items():
+                emitter.add(k, v)
+            layers.append(
+                {
+                    "layer": prefix,
+                    "shape": list(tw.shape),
+                    "choice": config.method,
+                    "weight_rel_err": err,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+            bar.update(1)
+        else:
+            emitter.add(name, src.get(name))
+
+
+def _load_module(
+    module: torch.nn.Module, src: SourceModel, prefix: str, dev: torch.device
+) -> torch.nn.Module:
+    sd = {k: src.get(prefix + k).to(dev) for k in module.state_dict()}
+    module.load_state_dict(sd, assign=True)
+    return module.to(dev).float().eval()
+
+
+def _quantize_calibrated(
+    src, cfg: FluxConfig, config, packing, calibration, emitter, dev, layers, bar
+) -> None:
+    # --- embedders (small): float inputs of the first block for every calibration sample
+    with torch.device("meta"):
+        skeleton = Flux(cfg, dtype=torch.float32)
+    emb_keys = [
+        k
+        for k in model_key_order(cfg)
+        if not k.startswith(("double_blocks.", "single_blocks.", "final_layer."))
+    ]
+    skeleton.load_state_dict({k: src.get(k).to(dev) for k in emb_keys}, strict=False, assign=True)
+    for k in emb_keys:
+        emitter.add(k, src.get(k))
+    streams = []
+    for s in calibration:
+        inp = s.as_inputs(dev, torch.float32)
+        img, img_ids, _ = patchify(inp["x"])
+        txt_ids = torch.zeros(img.shape[0], inp["context"].shape[1], 3, device=dev)
+        vec = skeleton.embed_vector(inp["timestep"], inp["y"], inp["guidance"])
+        pe = skeleton.pe_embedder(torch.cat((txt_ids, img_ids), dim=1))
+        streams.append(
+            {"img": skeleton.img_in(img), "txt": skeleton.txt_in(inp["context"]), "vec": vec, "pe": pe}
+        )
+    del skeleton
+
+    def do_block(prefix: str, block: torch.nn.Module, run, names: list[str]) -> list[torch.Tensor]:
+        block = _load_module(block, src, prefix, dev)
+        target = [t.clone() for t in run(block)]
+        t0 = time.perf_counter()
+        res = calibrate_block(block, run, target, names, config, progress=lambda n: bar.update(1))
+        dt = (time.perf_counter() - t0) / max(len(res), 1)
+        for key in block.state_dict():
+            full = prefix + key
+            lp = full[: -len(".weight")] if key.endswith(".weight") else None
+            if lp is not None and lp[len(prefix) :] in res:
+                r = res[lp[len(prefix) :]]
+                for k, v in ternary_tensors(lp, r.weight, packing).items():
+                    emitter.add(k, v)
+                layers.append({**r.report(), "layer": lp, "shape": list(r.weight.shape), "seconds": dt})
+            elif key.endswith(".bias") and key[: -len(".bias")] in res:
+                emitter.add(full, res[key[: -len(".bias")]].bias)
+            else:
+                emitter.add(full, src.get(full))
+        return target
+
+    kw = {"dtype": torch.float32}
+    for i in range(cfg.depth):
+        prefix = f"double_blocks.{i}."
+        with torch.device("meta"):
+            block = DoubleStreamBlock(cfg.hidden_size, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, **kw)
+        names = [
+            n
+            for n, m in block.named_modules()
+            if isinstance(m, torch.nn.Linear) and is_ternary_layer(prefix + n)
+        ]
+
+        def run(b, streams=streams):
+            return [t for s in streams for t in b(s["img"], s["txt"], s["vec"], s["pe"])]
+
+        target = do_block(prefix, block, run, names)
+        for j, s in enumerate(streams):
+            s["img"], s["txt"] = target[2 * j], target[2 * j + 1]
+    for s in streams:
+        s["x"] = torch.cat((s.pop("txt"), s.pop("img")), dim=1)
+    for i in range(cfg.depth_single_blocks):
+        prefix = f"single_blocks.{i}."
+        with torch.device("meta"):
+            block = SingleStreamBlock(cfg.hidden_size, cfg.num_heads, cfg.mlp_ratio, **kw)
+        names = [
+            n
+            for n, m in block.named_modules()
+            if isinstance(m, torch.nn.Linear) and is_ternary_layer(prefix + n)
+        ]
+
+        def run(b, streams=streams):
+            return [b(s["x"], s["vec"], s["pe"]) for s in streams]
+
+        target = do_block(prefix, block, run, names)
+        for j, s in enumerate(streams):
+            s["x"] = target[j]
+    for name, _dt, _shp in list(emitter.writer.specs):
+        if name.startswith("final_layer."):
+            emitter.add(name, src.get(name))
