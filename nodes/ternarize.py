@@ -1,14 +1,20 @@
 """Ternarize FLUX: a float FLUX MODEL (stock Load Diffusion Model, bf16/fp16/fp8, dev or schnell)
 → a new ternary MODEL. The input MODEL is not modified: the float weights are read (with any
-weight patches on it, e.g. a LoRA, merged first), ternarized one layer at a time into a new
-state dict, and a new diffusion model is built from it with packed layers.
+weight patches on it, e.g. a LoRA, merged first) one tensor at a time, and a new diffusion model
+is built with packed layers.
+
+* ``absmean`` / ``twn`` (data-free): ternarized layer by layer into a new state dict.
+* ``calibrated``: exactly ``ternaryflux quantize --method calibrated`` (block-wise selection by
+  block-output error, :func:`ternaryflux.quantize_tool.flux_quantize.quantize_flux_tensors`) run
+  on the in-memory weights, written to a file in ComfyUI's temp folder and loaded from there
+  like *Load Ternary FLUX* does.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
+import tempfile
 from collections.abc import Callable
 
 import comfy.lora
@@ -18,12 +24,15 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..core.calibration_data import read_calibration
-from ..core.checkpoint import TernaryMetadata
+from ..core.checkpoint import TernaryMetadata, load_checkpoint
 from ..core.flux_layout import is_ternary_layer
 from ..core.ternarize import ternarize
 from ..core.ternary_weight import TernaryWeight
-from .act_aware import importance_weighted_ternarize
+from ..quantize_tool.algorithms import TernaryConfig
+from ..quantize_tool.common import load_calibration
+from ..quantize_tool.errors import ToolError
+from ..quantize_tool.flux_quantize import TensorSource, quantize_flux_tensors
+from ..quantize_tool.st_writer import DTYPE_TO_ST
 from .model_build import KernelOptions, build_ternary_model, is_ternary_model
 
 log = logging.getLogger(__name__)
@@ -49,17 +58,12 @@ def calibration_names() -> list[str]:
     ]
 
 
-def _external_calibrated() -> Callable | None:
-    """The offline tool's calibrated per-layer quantizer, if this install has one."""
-    try:
-        mod = importlib.import_module("..quantize_tool.calibrated", __package__)
-    except ImportError:
-        return None
-    return getattr(mod, "quantize_linear_calibrated", None)
+def _is_quantized(t: torch.Tensor) -> bool:
+    return type(t).__name__ == "QuantizedTensor" or hasattr(t, "params") and hasattr(t, "layout_type")
 
 
 def _to_float(t: torch.Tensor) -> torch.Tensor:
-    if type(t).__name__ == "QuantizedTensor" or hasattr(t, "params") and hasattr(t, "layout_type"):
+    if _is_quantized(t):
         t = t.dequantize()
     return t.detach().to(torch.float32)
 
@@ -76,52 +80,109 @@ def _storage(t: torch.Tensor) -> torch.Tensor:
     return t.cpu().clone()
 
 
-@torch.no_grad()
-def collect_activation_stats(
-    model, samples, layer_paths: list[str], max_samples: int
-) -> dict[str, torch.Tensor]:
-    """Mean squared input activation per channel of each layer in ``layer_paths``, running the
-    (float, patched) diffusion model of ``model`` on up to ``max_samples`` calibration samples."""
-    comfy.model_management.load_models_gpu([model])
+CALIBRATION_SEED = 0  # the CLI's --seed default: same sample subset as `ternaryflux quantize`
+
+
+def _read_param(model, key: str, p: torch.Tensor, dev) -> torch.Tensor:
+    """Parameter ``key`` of the diffusion model as the MODEL means it: the original from the
+    patcher backup if a loaded clone baked its patches in, weight patches (LoRA) merged (float32
+    on ``dev``); otherwise the stored tensor itself (the caller must not modify it)."""
+    prefix = "diffusion_model."
+    backup = model.backup.get(prefix + key)
+    if backup is not None:
+        p = backup.weight
+    patches = model.patches.get(prefix + key)
+    if patches:
+        return comfy.lora.calculate_weight(patches, _to_float(p).to(dev), prefix + key)
+    return p
+
+
+def _st_dtype(t: torch.Tensor) -> str:
+    if _is_quantized(t):
+        return "BF16"  # stored like _storage() stores it
+    return DTYPE_TO_ST.get(t.dtype, "F32")
+
+
+def model_tensor_source(model) -> TensorSource:
+    """The float diffusion model of a MODEL as a BFL-keyed :class:`TensorSource` for the offline
+    tool: tensors are read (patches merged) only when the tool asks for them, one at a time."""
     dm = model.model.diffusion_model
     dev = model.load_device
-    dtype = (
-        model.model.get_dtype_inference()
-        if hasattr(model.model, "get_dtype_inference")
-        else model.model.get_dtype()
+    params: dict[str, tuple[str, torch.Tensor]] = {}
+    for name, m in dm.named_modules():
+        for pname, p in m.named_parameters(recurse=False):
+            key = f"{name}.{pname}" if name else pname
+            params[_bfl_key(key)] = (key, p)
+
+    def getter(bfl: str) -> torch.Tensor:  # TensorSource.get converts (and copies) plain tensors
+        key, p = params[bfl]
+        t = _read_param(model, key, p, dev)
+        return _to_float(t) if _is_quantized(t) else t
+
+    def stored(key: str, p: torch.Tensor) -> torch.Tensor:
+        b = model.backup.get("diffusion_model." + key)
+        return p if b is None else b.weight
+
+    return TensorSource(
+        {k: tuple(stored(ck, p).shape) for k, (ck, p) in params.items()},
+        {k: _st_dtype(stored(ck, p)) for k, (ck, p) in params.items()},
+        getter,
+        name=_source_name(model) or "MODEL",
+        layout="comfyui-model",
     )
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
 
-    def hook_for(path: str):
-        def hook(_module, args):
-            x = args[0].detach().float()
-            x = x.reshape(-1, x.shape[-1])
-            s = x.pow(2).sum(0)
-            sums[path] = sums[path] + s if path in sums else s
-            counts[path] = counts.get(path, 0) + x.shape[0]
 
-        return hook
-
-    handles = [dm.get_submodule(p).register_forward_pre_hook(hook_for(p)) for p in layer_paths]
+def _calibrated_model(
+    model,
+    group_size: int,
+    calibration_path: str,
+    max_calibration_samples: int,
+    progress: Callable[[int, int], None] | None,
+):
+    """The offline tool's ``calibrated`` recipe on the MODEL's weights → a new ternary MODEL."""
     try:
-        for s in samples[:max_samples]:
-            inp = s.as_inputs(device=dev, dtype=dtype)
-            dm(
-                inp["x"],
-                inp["timestep"].float(),
-                inp["context"],
-                y=inp["y"],
-                guidance=inp["guidance"],
-                transformer_options={},
+        samples, summary = load_calibration([calibration_path], max_calibration_samples, CALIBRATION_SEED)
+    except ToolError as e:
+        raise ValueError(str(e)) from None
+    src = model_tensor_source(model)
+    tmp_dir = folder_paths.get_temp_directory()
+    os.makedirs(tmp_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="ternaryflux_calibrated_", suffix=".safetensors", dir=tmp_dir)
+    os.close(fd)
+    try:
+        log.info(
+            "Ternarize FLUX: calibrated (the `ternaryflux quantize` recipe) on %d of %d samples of %s",
+            summary["num_samples"],
+            summary["num_samples_available"],
+            os.path.basename(calibration_path),
+        )
+        try:
+            quantize_flux_tensors(
+                src,
+                tmp,
+                TernaryConfig(method="calibrated", group_size=group_size),
+                calibration=samples,
+                calibration_summary=summary,
+                device=str(model.load_device),
+                on_layer=progress,
             )
+        except ToolError as e:
+            raise ValueError(str(e)) from None
+        del samples
+        ckpt = load_checkpoint(tmp)
     finally:
-        for h in handles:
-            h.remove()
-    missing = [p for p in layer_paths if p not in sums]
-    if missing:
-        raise RuntimeError(f"calibration run never reached layers {missing[:3]}")
-    return {p: (sums[p] / counts[p]).cpu() for p in layer_paths}
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+    src_dtype = model.model.get_dtype()
+    dtype = src_dtype if src_dtype in (torch.bfloat16, torch.float16, torch.float32) else None
+    return build_ternary_model(
+        ckpt.state_dict,
+        ckpt.metadata,
+        KernelOptions(dtype=dtype),
+        source=f"<ternarized {ckpt.metadata.source_name or 'MODEL'}>",
+    )
 
 
 def ternarize_model(
@@ -157,23 +218,28 @@ def ternarize_model(
     if not layer_paths:
         raise ValueError("no FLUX block Linear found in the MODEL")
 
-    stats: dict[str, torch.Tensor] | None = None
-    calib_info = None
     if calibration_path:
-        samples = read_calibration(calibration_path)
-        stats = collect_activation_stats(model, samples, layer_paths, max_calibration_samples)
-        calib_info = {
-            "file": os.path.basename(calibration_path),
-            "samples": min(len(samples), max_calibration_samples),
-        }
         if method != "calibrated":
             log.info("Ternarize FLUX: a calibration file is given, so method %r becomes 'calibrated'", method)
-            method = "calibrated"
-    external = _external_calibrated() if method == "calibrated" else None
-    used_method = (
-        method if method != "calibrated" else ("calibrated" if external else "importance-weighted-twn")
-    )
+        new = _calibrated_model(model, group_size, calibration_path, max_calibration_samples, progress)
+    else:
+        new = _data_free_model(model, method, group_size, layer_paths, unet_config, progress)
+    # keep what stock nodes put on the MODEL (sampling patches, options); weight patches are merged
+    new.model_options = model.clone().model_options
+    new.object_patches = dict(model.object_patches)
+    return new
 
+
+def _data_free_model(
+    model,
+    method: str,
+    group_size: int,
+    layer_paths: list[str],
+    unet_config: dict,
+    progress: Callable[[int, int], None] | None,
+):
+    """absmean / twn, one layer at a time, into a new ternary MODEL."""
+    dm = model.model.diffusion_model
     dev = model.load_device
     prefix = "diffusion_model."
     ternary_set = set(layer_paths)
@@ -190,9 +256,7 @@ def ternarize_model(
                 w = _to_float(p).to(dev)
                 if patches:
                     w = comfy.lora.calculate_weight(patches, w, prefix + key)
-                tw = _ternarize_layer(
-                    w, method, group_size, stats.get(name) if stats else None, external, name
-                )
+                tw = _ternarize_layer(w, method, group_size, name)
                 out[f"{name}.weight"] = tw.packed.cpu()
                 out[f"{name}.weight_scale"] = tw.scale.cpu()
                 out[f"{name}.weight_shape"] = torch.tensor(tw.shape, dtype=torch.int64)
@@ -209,19 +273,14 @@ def ternarize_model(
         group_size=group_size,
         variant="dev" if unet_config.get("guidance_embed") else "schnell",
         source_name=_source_name(model),
-        method=used_method,
+        method=method,
         method_params={"node": "Ternarize FLUX"},
-        calibration=calib_info,
     )
     src_dtype = model.model.get_dtype()
     dtype = src_dtype if src_dtype in (torch.bfloat16, torch.float16, torch.float32) else None
-    new = build_ternary_model(
+    return build_ternary_model(
         out, meta, KernelOptions(dtype=dtype), source=f"<ternarized {meta.source_name or 'MODEL'}>"
     )
-    # keep what stock nodes put on the MODEL (sampling patches, options); weight patches are merged
-    new.model_options = model.clone().model_options
-    new.object_patches = dict(model.object_patches)
-    return new
 
 
 def _source_name(model) -> str | None:
@@ -232,20 +291,9 @@ def _source_name(model) -> str | None:
         return None
 
 
-def _ternarize_layer(w, method, group_size, act_stats, external, name) -> TernaryWeight:
+def _ternarize_layer(w: torch.Tensor, method: str, group_size: int, name: str) -> TernaryWeight:
     try:
-        if method in ("absmean", "twn"):
-            return ternarize(w, method, group_size)
-        if external is not None:
-            try:
-                return external(weight=w, act_sq_mean=act_stats, group_size=group_size)
-            except Exception as e:  # the tool's API may differ: fall back, loudly
-                log.warning(
-                    "calibrated quantizer from quantize_tool failed on %s (%s); using importance-weighted TWN",
-                    name,
-                    e,
-                )
-        return importance_weighted_ternarize(w, act_stats, group_size)
+        return ternarize(w, method, group_size)
     except ValueError as e:
         raise ValueError(f"layer {name}: {e}") from None
 
@@ -271,7 +319,8 @@ class TernarizeFlux(io.ComfyNode):
                     options=list(METHODS),
                     default="absmean",
                     tooltip="absmean = BitNet b1.58 (data-free); twn = Ternary Weight Networks threshold (data-free); "
-                    "calibrated = activation-aware, needs a calibration file.",
+                    "calibrated = the `ternaryflux quantize --method calibrated` recipe (per layer, the candidate "
+                    "giving the smallest block-output error on the calibration data), needs a calibration file.",
                 ),
                 io.Combo.Input(
                     "group_size",
@@ -291,7 +340,8 @@ class TernarizeFlux(io.ComfyNode):
                     default=16,
                     min=1,
                     max=4096,
-                    tooltip="How many recorded diffusion-model calls to run for the activation statistics.",
+                    tooltip="Use at most this many recorded diffusion-model calls (a seeded random subset, like "
+                    "`ternaryflux quantize --calib-samples N`). More samples: better, slower.",
                 ),
             ],
             outputs=[io.Model.Output(tooltip="Ternary FLUX MODEL")],
@@ -323,6 +373,7 @@ class TernarizeFlux(io.ComfyNode):
 
         def progress(i: int, total: int) -> None:
             pbar.update_absolute(i, total)
+            comfy.model_management.throw_exception_if_processing_interrupted()
 
         try:
             new = ternarize_model(

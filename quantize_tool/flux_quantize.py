@@ -12,7 +12,7 @@ import logging
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..core.calibration_data import CalibrationSample
 from ..core.checkpoint import METADATA_KEY, TernaryMetadata
-from ..core.flux_layout import FluxConfig, is_ternary_layer
+from ..core.flux_layout import FluxConfig, config_from_shapes, is_ternary_layer
 from ..core.flux_model import DoubleStreamBlock, Flux, SingleStreamBlock, patchify
 from ..core.packing import pack_2bit, pack_base3, packed_2bit_cols, packed_base3_cols, unpack_2bit
 from ..core.ternarize import absmean, twn
@@ -30,7 +30,7 @@ from ..core.ternary_weight import TernaryWeight, check_group_size, num_groups, r
 from .algorithms import TernaryConfig, calibrate_block
 from .errors import ToolError
 from .sources import DTYPE_NAMES, FileHasher, SourceModel
-from .st_writer import StreamingSafetensorsWriter
+from .st_writer import DTYPE_TO_ST, StreamingSafetensorsWriter
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +145,25 @@ class _Emitter:
             self.writer.write(n, self.pending.pop(n))
 
 
+class _LayerProgress:
+    """The tqdm bar plus an optional ``callback(done, total)`` per ternary layer."""
+
+    def __init__(self, bar: tqdm, total: int, callback: Callable[[int, int], None] | None):
+        self.bar, self.total, self.callback, self.done = bar, total, callback, 0
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        self.done += n
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 @torch.no_grad()
 def quantize_flux(
-    src: SourceModel,
+    src: SourceModel | TensorSource,
     out: str | Path,
     config: TernaryConfig,
     packing: str = "2bit",
@@ -156,8 +172,12 @@ def quantize_flux(
     device: str | None = "auto",
     hash_source: bool = True,
     progress: bool = True,
+    on_layer: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Quantize the FLUX ``src`` into the checkpoint ``out``; returns the JSON report (dict)."""
+    """Quantize the FLUX ``src`` into the checkpoint ``out``; returns the JSON report (dict).
+
+    ``on_layer(done, total)`` is called after every ternary layer (e.g. a GUI progress bar; it
+    may raise to cancel, and then ``out`` is left untouched)."""
     config.validate()
     if packing not in ("2bit", "base3"):
         raise ToolError(f"unknown packing {packing!r}: use 2bit or base3")
@@ -165,7 +185,7 @@ def quantize_flux(
     limit_heap_growth()
     cfg = src.config
     t_start = time.perf_counter()
-    hasher = FileHasher(src.files) if hash_source else None
+    hasher = FileHasher(src.files) if hash_source and isinstance(src, SourceModel) else None
     try:
         specs = output_specs(src, config.group_size, packing)
     except ValueError as e:
@@ -193,12 +213,16 @@ def quantize_flux(
     emitter = _Emitter(writer, {n: (dt, shp) for n, dt, shp in specs})
     layers: list[dict[str, Any]] = []
     n_ternary = sum(1 for n, _, _ in specs if n.endswith(".weight_scale"))
-    bar = tqdm(
-        total=n_ternary,
-        desc=f"quantize ({config.method})",
-        unit="layer",
-        disable=not progress,
-        dynamic_ncols=True,
+    bar = _LayerProgress(
+        tqdm(
+            total=n_ternary,
+            desc=f"quantize ({config.method})",
+            unit="layer",
+            disable=not progress,
+            dynamic_ncols=True,
+        ),
+        n_ternary,
+        on_layer,
     )
     with writer:
         if config.method == "calibrated":
@@ -238,6 +262,147 @@ def quantize_flux(
     if layers:
         report["mean_weight_rel_err"] = sum(r["weight_rel_err"] for r in layers) / len(layers)
     return report
+
+
+_ST_TO_TORCH = {v: k for k, v in DTYPE_TO_ST.items()}
+
+
+@dataclass
+class TensorSource:
+    """A float FLUX held in memory, addressed by BFL keys: the part of :class:`SourceModel`
+    that :func:`quantize_flux` uses (``shapes``, ``dtypes``, ``get`` ...), fed by ``getter``
+    one tensor at a time, so a caller never needs a second full copy of the model.
+
+    ``getter(key)`` returns the tensor in any float dtype (fp8 and bf16/fp16 included) or
+    already float32 on any device; :meth:`get` always hands out a fresh copy, because the
+    calibrated method edits the block weights it loads in place.
+    """
+
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, str]  # BFL key -> safetensors dtype name (BF16, F16, F32, F8_E4M3 ...)
+    getter: Callable[[str], torch.Tensor]
+    name: str = "<memory>"
+    layout: str = "memory"
+
+    @classmethod
+    def from_state_dict(cls, sd: Mapping[str, torch.Tensor], name: str = "<memory>") -> TensorSource:
+        """A BFL-layout state dict (``*.scale`` RMSNorm keys, as the BFL files have them)."""
+        bad = [k for k, v in sd.items() if v.dtype not in DTYPE_TO_ST]
+        if bad:
+            raise ToolError(f"{name}: tensor {bad[0]!r} has unsupported dtype {sd[bad[0]].dtype}")
+        return cls(
+            {k: tuple(v.shape) for k, v in sd.items()},
+            {k: DTYPE_TO_ST[v.dtype] for k, v in sd.items()},
+            sd.__getitem__,
+            name,
+        )
+
+    @property
+    def files(self) -> list[Path]:
+        return [Path(self.name)]
+
+    @property
+    def config(self) -> FluxConfig:
+        return config_from_shapes(self.shapes)
+
+    @property
+    def variant(self) -> str:
+        return "dev" if "guidance_in.in_layer.weight" in self.shapes else "schnell"
+
+    @property
+    def layout_name(self) -> str:
+        return f"{self.layout} (in memory)"
+
+    def keys(self) -> list[str]:
+        return list(self.shapes)
+
+    def main_dtype(self) -> str:
+        counts: dict[str, int] = {}
+        for k, d in self.dtypes.items():
+            counts[d] = counts.get(d, 0) + torch.Size(self.shapes[k]).numel()
+        return max(counts, key=counts.get) if counts else "?"
+
+    def source_bytes(self) -> int:
+        return sum(
+            torch.Size(s).numel() * torch.empty((), dtype=_ST_TO_TORCH[self.dtypes[k]]).element_size()
+            for k, s in self.shapes.items()
+        )
+
+    def get(self, key: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+        """Like :meth:`SourceModel.get`: ``dtype`` (``None`` = as held, fp8 as float32), a copy."""
+        t = self.getter(key).detach()
+        if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            return t.to(torch.float32 if dtype is None else dtype)
+        if dtype is not None and t.is_floating_point():
+            return t.to(dtype, copy=True)
+        return t.clone()
+
+
+def check_tensor_source(src: TensorSource) -> FluxConfig:
+    """The source's FLUX config; every tensor of that FLUX must be present (extra ones are
+    ignored, as :func:`quantize_flux` writes only the model's keys)."""
+    try:
+        cfg = src.config
+    except (KeyError, ValueError) as e:
+        raise ToolError(f"{src.name}: not a FLUX.1 transformer ({e})") from None
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in Flux(cfg).state_dict().items()}
+    missing = sorted(set(want) - set(src.shapes))
+    if missing:
+        raise ToolError(f"{src.name}: {len(missing)} FLUX tensors missing, e.g. {missing[:3]}")
+    wrong = [k for k, s in want.items() if tuple(src.shapes[k]) != s]
+    if wrong:
+        raise ToolError(
+            f"{src.name}: {wrong[0]!r} has shape {src.shapes[wrong[0]]}, expected {want[wrong[0]]}"
+        )
+    extra = sorted(set(src.shapes) - set(want))
+    if extra:
+        log.warning(
+            "%s: %d tensors that FLUX.1 does not have are not written, e.g. %s",
+            src.name,
+            len(extra),
+            extra[:3],
+        )
+    return cfg
+
+
+def quantize_flux_tensors(
+    src: TensorSource | Mapping[str, torch.Tensor],
+    out: str | Path,
+    config: TernaryConfig,
+    calibration: Sequence[CalibrationSample] | None = None,
+    calibration_summary: dict[str, Any] | None = None,
+    packing: str = "2bit",
+    device: str | None = "auto",
+    progress: bool = False,
+    on_layer: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """:func:`quantize_flux` for a FLUX in memory (a BFL state dict or a :class:`TensorSource`):
+    the same recipe, tensors and file as ``ternaryflux quantize`` on a file holding the same
+    weights (minus the source SHA-256, which needs a file). Used by the Ternarize FLUX node.
+
+    ``calibration`` is used as given: subsample it beforehand (e.g. with
+    :func:`~.common.load_calibration` and its seed, as the CLI does).
+    """
+    if not isinstance(src, TensorSource):
+        src = TensorSource.from_state_dict(src)
+    cfg = check_tensor_source(src)
+    if calibration:
+        from .common import check_calibration_fits
+
+        check_calibration_fits(calibration, cfg.in_channels, cfg.context_in_dim, cfg.vec_in_dim)
+    return quantize_flux(
+        src,
+        out,
+        config,
+        packing=packing,
+        calibration=calibration,
+        calibration_summary=calibration_summary,
+        device=device,
+        hash_source=False,
+        progress=progress,
+        on_layer=on_layer,
+    )
 
 
 def chunked_data_free(

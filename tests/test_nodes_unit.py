@@ -1,5 +1,6 @@
-"""Node-pack logic that runs without a ComfyUI host: file names, the LoRA low-rank branch,
-activation-aware ternarization, and that importing the nodes package does not import ComfyUI."""
+"""Node-pack logic that runs without a ComfyUI host: file names, the LoRA low-rank branch, and
+that importing the nodes package does not import ComfyUI. (The Ternarize FLUX node's calibrated
+method is the offline tool's: tests/test_nodes_calibrated.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import pytest
 import torch
 from ternaryflux.core.ternarize import ternarize
 from ternaryflux.kernels import ternary_linear
-from ternaryflux.nodes.act_aware import importance_weighted_ternarize
 from ternaryflux.nodes.lowrank import apply_branches, dense_delta, plan_lowrank
 from ternaryflux.nodes.naming import FilenameError, resolve_inside, validate_filename
 
@@ -167,45 +167,12 @@ def test_non_plain_patches_take_the_exact_path(patch):
     assert plan_lowrank([(1.0, _lora(4, 8, 2, 5), 1.0, None, None), patch]) is None
 
 
-# ----------------------------------------------------------------------------- activation-aware
-
-
-def _weighted_err(w, tw, a):
-    return float((a * (w - tw.dequantize()) ** 2).sum())
-
-
-def test_importance_weighted_beats_data_free_under_skewed_activations():
-    g = torch.Generator().manual_seed(0)
-    w = torch.randn(64, 256, generator=g) / 16
-    a = torch.ones(256)
-    a[torch.randperm(256, generator=g)[:8]] = 400.0  # a few outlier channels, as in FLUX
-    iw = importance_weighted_ternarize(w, a)
-    for method in ("absmean", "twn"):
-        assert _weighted_err(w, iw, a) < 0.95 * _weighted_err(w, ternarize(w, method), a)
-
-
-def test_importance_weighted_with_uniform_stats_is_at_least_twn():
-    w = torch.randn(32, 256, generator=torch.Generator().manual_seed(1)) / 16
-    a = torch.ones(256)
-    assert _weighted_err(w, importance_weighted_ternarize(w, a), a) <= _weighted_err(
-        w, ternarize(w, "twn"), a
-    ) * (1 + 1e-5)
-
-
-def test_importance_weighted_groups_and_bad_stats():
-    w = torch.randn(16, 256)
-    tw = importance_weighted_ternarize(w, torch.rand(256), group_size=128)
-    assert tw.scale.shape == (16, 2) and tw.group_size == 128
-    with pytest.raises(ValueError, match="activation statistics"):
-        importance_weighted_ternarize(w, torch.rand(128))
-
-
 # ----------------------------------------------------------------------------- packaging
 
 
 def test_nodes_package_imports_without_comfyui():
     code = (
-        "import sys, ternaryflux.nodes, ternaryflux.nodes.lowrank, ternaryflux.nodes.naming, ternaryflux.nodes.act_aware\n"
+        "import sys, ternaryflux.nodes, ternaryflux.nodes.lowrank, ternaryflux.nodes.naming\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('comfy', 'comfy_api', 'folder_paths')))"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -47,6 +47,7 @@ from ternaryflux.core.flux_model import flux_from_state_dict  # noqa: E402
 from ternaryflux.core.ternarize import ternarize  # noqa: E402
 from ternaryflux.core.ternary_weight import TernaryWeight  # noqa: E402
 from ternaryflux.nodes.prompt_list import builtin_prompts  # noqa: E402
+from ternaryflux.quantize_tool.cli import main as quantize_cli  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workflow_tools import FRONTEND_ONLY, text_seed  # noqa: E402
@@ -69,6 +70,7 @@ DIFF_LAYER = "double_blocks.0.img_mlp.0"
 RECORD_WF = "ternaryflux_record_calibration"
 MY_PROMPTS = "# my prompts\nfirst custom prompt\n\n  second custom prompt  \n"
 OFFSET_LAYER = ("double_blocks.0.img_attn.qkv", "transformer_blocks.0.attn.to_k")  # rows [H, 2H)
+CALIB_SAMPLES = 3  # of the 4 in flux_calibration_00001: the node must take the tool's seeded subset
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -402,7 +404,7 @@ def host(tmp_path_factory) -> Host:
                 "method": "calibrated",
                 "group_size": "128",
                 "calibration": "flux_calibration_00001.safetensors",
-                "max_calibration_samples": 4,
+                "max_calibration_samples": CALIB_SAMPLES,
             },
         },
         "3": {
@@ -411,7 +413,7 @@ def host(tmp_path_factory) -> Host:
                 "model": ["2", 0],
                 "filename": "tiny_calibrated",
                 "packing": "2bit",
-                "float_dtype": "bf16",
+                "float_dtype": "keep",  # the corrected biases as the MODEL holds them
                 "overwrite": False,
             },
         },
@@ -695,15 +697,59 @@ def test_calibration_prompt_empty_list_gives_one_clear_error(host: Host):
     assert "Calibration Prompt" in msg and "empty.txt" in msg and "holds no prompts" in msg
 
 
-def test_calibrated_ternarize_runs(host: Host):
+def _tool_calibrated(host: Host, calib: Path, out: Path) -> None:
+    """``ternaryflux quantize --method calibrated`` in this process, on the file the host loaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the host runs with OMP_NUM_THREADS=1: the same float summation order
+    try:
+        rc = quantize_cli(
+            [
+                "quantize",
+                str(host.base / "models" / "diffusion_models" / "tiny_flux_dev.safetensors"),
+                "--method",
+                "calibrated",
+                "--calibration",
+                str(calib),
+                "--calib-samples",
+                str(CALIB_SAMPLES),
+                "--group-size",
+                "128",
+                "-o",
+                str(out),
+                "--no-progress",
+                "--no-hash",
+            ]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+
+
+def test_calibrated_ternarize_is_the_tools_recipe(host: Host, tmp_path: Path):
     host.ok("ternarize_calibrated")
     out = host.forward_out("calibrated")
     assert torch.isfinite(out).all()
     saved = load_checkpoint(host.base / "models" / "diffusion_models" / "tiny_calibrated.safetensors")
-    assert saved.metadata.method in ("calibrated", "importance-weighted-twn")
-    assert saved.metadata.group_size == 128 and saved.metadata.calibration["samples"] == 4
+    md = saved.metadata
+    assert md.method == "calibrated" and md.group_size == 128 and md.method_params["candidates"]
+    assert md.calibration["num_samples"] == CALIB_SAMPLES and md.calibration["num_samples_available"] == 4
     ref = reference_forward(saved.state_dict, host.dev_inputs)
     assert _rel(out, ref) < 1e-4
+    # the same ternary tensors as the offline tool on the same weights and calibration file
+    calib = host.base / "output" / "ternaryflux_calibration" / "flux_calibration_00001.safetensors"
+    _tool_calibrated(host, calib, tmp_path / "tool.safetensors")
+    tool = load_checkpoint(tmp_path / "tool.safetensors")
+    assert tool.ternary_layers == saved.ternary_layers and md.calibration == tool.metadata.calibration
+    assert set(saved.state_dict) == set(tool.state_dict)
+    for p in tool.ternary_layers:
+        assert torch.equal(saved.state_dict[f"{p}.weight"], tool.state_dict[f"{p}.weight"]), p
+        ds = saved.state_dict[f"{p}.weight_scale"].float() - tool.state_dict[f"{p}.weight_scale"].float()
+        assert ds.abs().max() <= 1e-6, p
+    ternary = {f"{p}.{s}" for p in tool.ternary_layers for s in ("weight", "weight_scale", "weight_shape")}
+    for k, v in tool.state_dict.items():
+        if k not in ternary:  # float tensors and corrected biases: the tool's file holds them in the
+            # file's dtype (bf16), the MODEL in its own (fp32 on a CPU host): equal after the same cast
+            assert torch.equal(saved.state_dict[k].to(v.dtype), v), k
 
 
 def test_suite_time_budget(host: Host):
