@@ -22,14 +22,14 @@ from tqdm import tqdm
 
 from ..core.calibration_data import CalibrationSample
 from ..core.checkpoint import METADATA_KEY, TernaryMetadata
-from ..core.flux_layout import FluxConfig, config_from_shapes, is_ternary_layer
+from ..core.flux_layout import FluxConfig, is_ternary_layer
 from ..core.flux_model import DoubleStreamBlock, Flux, SingleStreamBlock, patchify
 from ..core.packing import pack_2bit, pack_base3, packed_2bit_cols, packed_base3_cols, unpack_2bit
 from ..core.ternarize import absmean, twn
 from ..core.ternary_weight import TernaryWeight, check_group_size, num_groups, round_scale_to_fp16
 from .algorithms import TernaryConfig, calibrate_block
 from .errors import ToolError
-from .sources import DTYPE_NAMES, FileHasher, SourceModel
+from .sources import DTYPE_NAMES, FileHasher, FluxShapes, SourceModel
 from .st_writer import DTYPE_TO_ST, StreamingSafetensorsWriter
 
 log = logging.getLogger(__name__)
@@ -268,7 +268,7 @@ _ST_TO_TORCH = {v: k for k, v in DTYPE_TO_ST.items()}
 
 
 @dataclass
-class TensorSource:
+class TensorSource(FluxShapes):
     """A float FLUX held in memory, addressed by BFL keys: the part of :class:`SourceModel`
     that :func:`quantize_flux` uses (``shapes``, ``dtypes``, ``get`` ...), fed by ``getter``
     one tensor at a time, so a caller never needs a second full copy of the model.
@@ -300,14 +300,6 @@ class TensorSource:
     @property
     def files(self) -> list[Path]:
         return [Path(self.name)]
-
-    @property
-    def config(self) -> FluxConfig:
-        return config_from_shapes(self.shapes)
-
-    @property
-    def variant(self) -> str:
-        return "dev" if "guidance_in.in_layer.weight" in self.shapes else "schnell"
 
     @property
     def layout_name(self) -> str:

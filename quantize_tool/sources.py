@@ -242,8 +242,22 @@ def _bfl_recipes_for_diffusers(keys: set[str]) -> dict[str, Recipe]:
 # ----------------------------------------------------------------------------- source model
 
 
+class FluxShapes:
+    """What a float FLUX source derives from its BFL ``shapes`` (mixed into every source)."""
+
+    shapes: dict[str, tuple[int, ...]]
+
+    @property
+    def config(self) -> FluxConfig:
+        return config_from_shapes(self.shapes)
+
+    @property
+    def variant(self) -> str:
+        return "dev" if "guidance_in.in_layer.weight" in self.shapes else "schnell"
+
+
 @dataclass
-class SourceModel:
+class SourceModel(FluxShapes):
     """A float FLUX transformer on disk, addressed by BFL keys (see module docstring)."""
 
     files: list[Path]
@@ -253,14 +267,6 @@ class SourceModel:
     readers: dict[str, SafetensorsReader]  # source key (with prefix) -> reader
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # BFL key -> shape
     dtypes: dict[str, str] = field(default_factory=dict)  # BFL key -> source dtype name (F32 ...)
-
-    @property
-    def config(self) -> FluxConfig:
-        return config_from_shapes(self.shapes)
-
-    @property
-    def variant(self) -> str:
-        return "dev" if "guidance_in.in_layer.weight" in self.shapes else "schnell"
 
     @property
     def layout_name(self) -> str:
