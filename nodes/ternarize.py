@@ -103,7 +103,7 @@ def _st_dtype(t: torch.Tensor) -> str:
     return DTYPE_TO_ST.get(t.dtype, "F32")
 
 
-def model_tensor_source(model) -> TensorSource:
+def model_tensor_source(model, source_name: str | None = None) -> TensorSource:
     """The float diffusion model of a MODEL as a BFL-keyed :class:`TensorSource` for the offline
     tool: tensors are read (patches merged) only when the tool asks for them, one at a time."""
     dm = model.model.diffusion_model
@@ -127,7 +127,7 @@ def model_tensor_source(model) -> TensorSource:
         {k: tuple(stored(ck, p).shape) for k, (ck, p) in params.items()},
         {k: _st_dtype(stored(ck, p)) for k, (ck, p) in params.items()},
         getter,
-        name=_source_name(model) or "MODEL",
+        name=source_name or _source_name(model) or "MODEL",
         layout="comfyui-model",
     )
 
@@ -138,13 +138,14 @@ def _calibrated_model(
     calibration_path: str,
     max_calibration_samples: int,
     progress: Callable[[int, int], None] | None,
+    source_name: str | None,
 ):
     """The offline tool's ``calibrated`` recipe on the MODEL's weights → a new ternary MODEL."""
     try:
         samples, summary = load_calibration([calibration_path], max_calibration_samples, CALIBRATION_SEED)
     except ToolError as e:
         raise ValueError(str(e)) from None
-    src = model_tensor_source(model)
+    src = model_tensor_source(model, source_name)
     tmp_dir = folder_paths.get_temp_directory()
     os.makedirs(tmp_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="ternaryflux_calibrated_", suffix=".safetensors", dir=tmp_dir)
@@ -192,8 +193,12 @@ def ternarize_model(
     calibration_path: str | None = None,
     max_calibration_samples: int = 16,
     progress: Callable[[int, int], None] | None = None,
+    source_name: str | None = None,
 ):
-    """The work of the node, callable from Python: returns a new ternary MODEL."""
+    """The work of the node, callable from Python: returns a new ternary MODEL.
+
+    ``source_name`` is recorded when the MODEL itself does not say which file it came from
+    (hosts before ``ModelPatcher.cached_patcher_init``, e.g. ComfyUI 0.9.0)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if is_ternary_model(model):
@@ -218,12 +223,15 @@ def ternarize_model(
     if not layer_paths:
         raise ValueError("no FLUX block Linear found in the MODEL")
 
+    source_name = _source_name(model) or source_name
     if calibration_path:
         if method != "calibrated":
             log.info("Ternarize FLUX: a calibration file is given, so method %r becomes 'calibrated'", method)
-        new = _calibrated_model(model, group_size, calibration_path, max_calibration_samples, progress)
+        new = _calibrated_model(
+            model, group_size, calibration_path, max_calibration_samples, progress, source_name
+        )
     else:
-        new = _data_free_model(model, method, group_size, layer_paths, unet_config, progress)
+        new = _data_free_model(model, method, group_size, layer_paths, unet_config, progress, source_name)
     # keep what stock nodes put on the MODEL (sampling patches, options); weight patches are merged
     new.model_options = model.clone().model_options
     new.object_patches = dict(model.object_patches)
@@ -237,6 +245,7 @@ def _data_free_model(
     layer_paths: list[str],
     unet_config: dict,
     progress: Callable[[int, int], None] | None,
+    source_name: str | None,
 ):
     """absmean / twn, one layer at a time, into a new ternary MODEL."""
     dm = model.model.diffusion_model
@@ -272,7 +281,7 @@ def _data_free_model(
     meta = TernaryMetadata(
         group_size=group_size,
         variant="dev" if unet_config.get("guidance_embed") else "schnell",
-        source_name=_source_name(model),
+        source_name=source_name,
         method=method,
         method_params={"node": "Ternarize FLUX"},
     )
@@ -291,11 +300,43 @@ def _source_name(model) -> str | None:
         return None
 
 
+# inputs of the stock loaders that name the file a MODEL was loaded from
+_LOADER_FILE_INPUTS = ("unet_name", "ckpt_name")
+
+
+def _prompt_source_name(prompt, node_id) -> str | None:
+    """The file name of the loader upstream of ``node_id``'s ``model`` input in the API prompt,
+    following ``model`` links through MODEL-to-MODEL nodes (LoRA loaders, patches). A fallback for
+    hosts whose MODEL does not record its file (no ``cached_patcher_init``, e.g. ComfyUI 0.9.0)."""
+    if not isinstance(prompt, dict) or node_id is None:
+        return None
+    node, seen = prompt.get(str(node_id)), set()
+    while isinstance(node, dict):
+        link = (node.get("inputs") or {}).get("model")
+        if not (isinstance(link, (list, tuple)) and len(link) == 2) or str(link[0]) in seen:
+            return None
+        seen.add(str(link[0]))
+        node = prompt.get(str(link[0]))
+        inputs = (node or {}).get("inputs") or {}
+        for k in _LOADER_FILE_INPUTS:
+            if isinstance(inputs.get(k), str) and inputs[k]:
+                return os.path.basename(inputs[k])
+    return None
+
+
 def _ternarize_layer(w: torch.Tensor, method: str, group_size: int, name: str) -> TernaryWeight:
     try:
         return ternarize(w, method, group_size)
     except ValueError as e:
         raise ValueError(f"layer {name}: {e}") from None
+
+
+def _hidden_source_name(node_cls) -> str | None:
+    hidden = getattr(node_cls, "hidden", None)
+    try:
+        return _prompt_source_name(getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None))
+    except Exception:  # a best-effort label only: never fail the node over it
+        return None
 
 
 class TernarizeFlux(io.ComfyNode):
@@ -345,6 +386,7 @@ class TernarizeFlux(io.ComfyNode):
                 ),
             ],
             outputs=[io.Model.Output(tooltip="Ternary FLUX MODEL")],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 
     @classmethod
@@ -377,7 +419,13 @@ class TernarizeFlux(io.ComfyNode):
 
         try:
             new = ternarize_model(
-                model, method, GROUP_SIZES[group_size], path, max_calibration_samples, progress
+                model,
+                method,
+                GROUP_SIZES[group_size],
+                path,
+                max_calibration_samples,
+                progress,
+                source_name=_hidden_source_name(cls),
             )
         except ValueError as e:
             raise ValueError(f"Ternarize FLUX: {e}") from None

@@ -556,6 +556,8 @@ def test_int8_activations_run_close(host: Host):
 
 @pytest.mark.parametrize("tag", ["lora", "bypass", "lora_lowvram"])
 def test_lora_matches_dense_merged_reference(host: Host, tag: str):
+    if tag == "bypass" and "LoraLoaderBypassModelOnly" not in host.job("node_list")["nodes"]:
+        pytest.skip("host lacks LoraLoaderBypassModelOnly (bypass LoRA is newer than this ComfyUI)")
     host.ok(f"fwd_{tag}")
     out = host.forward_out(tag)
     _, deltas = make_lora(host.dev_cfg)

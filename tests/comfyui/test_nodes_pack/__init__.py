@@ -79,7 +79,9 @@ class TFTestForward:
         inp = load_file(inputs_path)
         counts_before = _path_counts(model)
         dev = model.load_device
-        dtype = model.model.get_dtype_inference()
+        # get_dtype_inference() is newer than ComfyUI 0.9.0; older hosts run in the weight dtype
+        dtype_of = getattr(model.model, "get_dtype_inference", None) or model.model.get_dtype
+        dtype = dtype_of()
         get = lambda k: inp[k].to(dev, dtype) if k in inp else None  # noqa: E731
         with torch.no_grad():
             out = model.model.diffusion_model(
@@ -118,14 +120,15 @@ class TFTestModelInfo:
         info = {
             "patcher_class": type(model).__name__,
             "patcher_mro": [c.__name__ for c in type(model).__mro__],
-            "is_dynamic": bool(model.is_dynamic()),
+            # is_dynamic / cached_patcher_init are newer than ComfyUI 0.9.0 (absent there: not dynamic)
+            "is_dynamic": bool(getattr(model, "is_dynamic", lambda: False)()),
             "model_size": int(model.model_size()),
             "ternary_layers": len(ternary),
             "patches": len(model.patches),
             "dtype": str(model.model.get_dtype()),
             "model_type": type(model.model).__name__,
             "param_bytes_uint8": int(sum(p.numel() for p in dm.parameters() if p.dtype == torch.uint8)),
-            "cached_patcher_init": model.cached_patcher_init is not None,
+            "cached_patcher_init": getattr(model, "cached_patcher_init", None) is not None,
         }
         with open(output_path, "w") as f:
             json.dump(info, f)
