@@ -22,6 +22,8 @@ def test_demo_prints_table_and_figures(tmp_path, capsys):
             str(tmp_path / "ck"),
             "--json",
             str(out),
+            "--calibration-prompts",
+            "3",
         ]
     )
     assert rc == 0
@@ -42,7 +44,13 @@ def test_demo_prints_table_and_figures(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
         "tiny-flux-ternary-2bit.safetensors",
         "tiny-flux-ternary-base3.safetensors",
+        "tiny-flux-ternary-calibrated.safetensors",
     ]
+    # the calibrated recipe beats data-free absmean on held-out trajectories
+    h = f["held_out"]
+    assert h["calibration_samples"] == 9 and h["held_out_samples"] == 6  # 3 records per trajectory
+    assert h["calibrated"] < 0.9 * h["absmean"]
+    assert "calibrated" in text and "Held-out velocity error" in text
 
 
 def test_console_script_help_and_errors(tmp_path):
