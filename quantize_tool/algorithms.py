@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.ternarize import absmean, twn
+from ..core.ternarize import absmean, ternarize, twn
 from ..core.ternary_linear import TernaryLinear, _set_submodule
 from ..core.ternary_weight import TernaryWeight, check_group_size
 
@@ -441,16 +441,6 @@ def _to(x: Any, device) -> Any:
     return x
 
 
-def data_free_weight(w: torch.Tensor, method: str, group_size: int) -> TernaryWeight:
-    if method == "absmean":
-        codes, scale = absmean(w, "group" if group_size else "channel", group_size)
-    elif method == "twn":
-        codes, scale = twn(w, group_size)
-    else:
-        raise ValueError(f"{method!r} is not data-free")
-    return TernaryWeight.from_codes(codes, scale, group_size)
-
-
 def _swap(model: nn.Module, name: str, tw: TernaryWeight, bias: torch.Tensor | None, like: nn.Linear) -> None:
     dev = like.weight.device
     b = None if bias is None else bias.to(device=dev, dtype=like.bias.dtype)
@@ -490,7 +480,7 @@ def quantize_(
         for n in sel:
             lin = model.get_submodule(n)
             w = lin.weight if cfg.device is None else lin.weight.to(cfg.device)
-            tw = data_free_weight(w, cfg.method, cfg.group_size)
+            tw = ternarize(w, cfg.method, cfg.group_size)
             _swap(model, n, tw, lin.bias, lin)
             out[n] = tw
             if progress:
