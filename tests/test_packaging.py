@@ -1,6 +1,7 @@
 """The pack layout: importable without ComfyUI, library free of ComfyUI imports, versions agree."""
 
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,18 @@ def test_pack_loads_under_another_folder_name(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [ternaryflux.__version__, "ternaryflux"]
+
+
+def test_pytest_runs_from_a_checkout_folder_that_is_not_an_identifier(tmp_path):
+    # CI clones into folders like ``tmp.Ab12``; pytest then imports the root __init__.py bare.
+    # A real copy, not a symlink: pytest resolves symlinks to the original folder name.
+    clone = tmp_path / "tmp.Ab12-clone"
+    shutil.copytree(ROOT, clone, ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.egg-info"))
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ternarize.py"],
+        capture_output=True,
+        text=True,
+        cwd=clone,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout
