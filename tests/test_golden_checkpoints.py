@@ -30,7 +30,7 @@ CASES = {
         "--method",
         "calibrated",
         "--calib-samples",
-        "6",
+        "3",
         "--group-size",
         "256",
         "--at-rest",
