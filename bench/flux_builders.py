@@ -55,7 +55,7 @@ from ternaryflux.core.checkpoint import METADATA_KEY, TernaryMetadata  # noqa: E
 from ternaryflux.core.flux_layout import FluxConfig, ternary_layer_names  # noqa: E402
 from ternaryflux.core.flux_model import Flux  # noqa: E402
 from ternaryflux.core.packing import packed_2bit_cols, packed_base3_cols, padded_k  # noqa: E402
-from ternaryflux.core.ternary_linear import TernaryLinear, _set_submodule  # noqa: E402
+from ternaryflux.core.ternary_linear import TernaryLinear, set_submodule  # noqa: E402
 from ternaryflux.core.ternary_weight import check_group_size, round_scale_to_fp16  # noqa: E402
 
 __all__ = [
@@ -96,7 +96,7 @@ def _swap_in_ternary(model: Flux, group_size: int, bias_dtype: torch.dtype) -> l
             device="meta",
             bias_dtype=bias_dtype,
         )
-        _set_submodule(model, name, new)
+        set_submodule(model, name, new)
     return names
 
 
