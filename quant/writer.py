@@ -39,6 +39,17 @@ DTYPE_TO_ST = {
 }
 
 
+def _check_next(specs: Sequence[tuple[str, torch.dtype, tuple[int, ...]]], i: int, name: str, tensor) -> None:
+    """Both writers take tensors in header order, with the declared dtype and shape."""
+    if i >= len(specs):
+        raise ValueError(f"unexpected tensor {name!r}: every tensor has been written")
+    want, dt, shp = specs[i]
+    if name != want:
+        raise ValueError(f"tensors must be written in header order: expected {want!r}, got {name!r}")
+    if tensor.dtype != dt or tuple(tensor.shape) != shp:
+        raise ValueError(f"{name}: got {tensor.dtype} {tuple(tensor.shape)}, header says {dt} {shp}")
+
+
 class StreamingSafetensorsWriter:
     """Write ``specs`` = ``[(name, dtype, shape), ...]`` tensors one by one, in that order.
 
@@ -90,13 +101,7 @@ class StreamingSafetensorsWriter:
     def write(self, name: str, tensor: torch.Tensor) -> None:
         if self._fh is None:
             raise RuntimeError("writer is not open (use it as a context manager)")
-        if self._next >= len(self.specs):
-            raise ValueError(f"unexpected tensor {name!r}: every tensor has been written")
-        want, dt, shp = self.specs[self._next]
-        if name != want:
-            raise ValueError(f"tensors must be written in header order: expected {want!r}, got {name!r}")
-        if tensor.dtype != dt or tuple(tensor.shape) != shp:
-            raise ValueError(f"{name}: got {tensor.dtype} {tuple(tensor.shape)}, header says {dt} {shp}")
+        _check_next(self.specs, self._next, name, tensor)
         t = tensor.detach().to("cpu").contiguous()
         if t.numel():
             self._fh.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
@@ -182,13 +187,7 @@ class MemoryWriter:
     def write(self, name: str, tensor: torch.Tensor) -> None:
         if not self._open:
             raise RuntimeError("writer is not open (use it as a context manager)")
-        if self._next >= len(self.specs):
-            raise ValueError(f"unexpected tensor {name!r}: every tensor has been written")
-        want, dt, shp = self.specs[self._next]
-        if name != want:
-            raise ValueError(f"tensors must be written in header order: expected {want!r}, got {name!r}")
-        if tensor.dtype != dt or tuple(tensor.shape) != shp:
-            raise ValueError(f"{name}: got {tensor.dtype} {tuple(tensor.shape)}, header says {dt} {shp}")
+        _check_next(self.specs, self._next, name, tensor)
         self.tensors[name] = tensor.detach().to("cpu").contiguous()
         self._next += 1
 

@@ -76,3 +76,48 @@ def test_chunked_equals_whole_matrix():
             _close(tw.packed, tw.scale, ref)
             want = float((w.float() - ref.dequantize()).norm() / w.float().norm())
             assert abs(err - want) < 1e-4
+
+
+def test_memory_sink_equals_the_file(tmp_path):
+    """The Ternarize node's in-memory sink gives exactly what loading the CLI's file gives."""
+    from safetensors.torch import load_file
+    from ternaryflux.core.checkpoint import METADATA_KEY, checkpoint_from_tensors
+    from ternaryflux.quant.algorithms import TernaryConfig
+    from ternaryflux.quant.flux import quantize_flux_tensors
+    from ternaryflux.quant.writer import MemoryWriter
+
+    cfg = FluxConfig(
+        hidden_size=128, num_heads=1, depth=1, depth_single_blocks=1, context_in_dim=64, vec_in_dim=32
+    )
+    path = tmp_path / "f.safetensors"
+    write_synthetic_flux(path, cfg)
+    sd = load_file(path)
+    out = tmp_path / "t.safetensors"
+    for packing in ("2bit", "base3"):
+        quantize_flux_tensors(
+            sd, out, TernaryConfig(method="twn", group_size=128), packing=packing, device="cpu"
+        )
+        sink = MemoryWriter()
+        quantize_flux_tensors(
+            sd, sink, TernaryConfig(method="twn", group_size=128), packing=packing, device="cpu"
+        )
+        mem = checkpoint_from_tensors(sink.tensors, sink.metadata[METADATA_KEY])
+        disk = load_checkpoint(out)
+        assert mem.metadata == disk.metadata and mem.ternary_layers == disk.ternary_layers
+        assert mem.state_dict.keys() == disk.state_dict.keys()
+        assert all(torch.equal(mem.state_dict[k], disk.state_dict[k]) for k in disk.state_dict)
+
+
+def test_memory_writer_checks_like_the_file_writer():
+    import pytest
+    from ternaryflux.quant.writer import MemoryWriter
+
+    w = MemoryWriter().start([("a", torch.float32, (2,)), ("b", torch.uint8, (1,))])
+    with pytest.raises(ValueError, match="only 1 of 2"), w:
+        with pytest.raises(ValueError, match="header order"):
+            w.write("b", torch.zeros(1, dtype=torch.uint8))
+        with pytest.raises(ValueError, match="header says"):
+            w.write("a", torch.zeros(3))
+        w.write("a", torch.ones(2))
+    # closing with a tensor missing is an error and keeps nothing
+    assert w.tensors == {}
