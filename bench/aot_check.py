@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--emit-table", action="store_true", help="print GEMM_PASSED / GEMV_PASSED as Python")
     p.add_argument("--no-sass", action="store_true", help="skip the SASS instruction counts (faster)")
+    p.add_argument(
+        "--markdown", action="store_true", help="print the summary and main-config tables as Markdown"
+    )
     return p.parse_args(argv)
 
 
@@ -111,6 +114,61 @@ def print_report(results: list[aot.CompileResult]) -> None:
         )
 
 
+def main_configs(results: list[aot.CompileResult]) -> list[tuple[str, aot.CompileResult]]:
+    """Per target, the result of the config the pruned tables offer first on the main routes."""
+    by = {
+        (r.job.kernel, r.job.kind, r.job.target, r.job.group, r.job.config, r.job.block_m): r for r in results
+    }
+    out = []
+    for t in sorted({r.job.target for r in results}, key=lambda t: aot.TARGETS[t].capability):
+        routes = [
+            ("GEMM A16 bf16, M >= 512", "gemm", "bf16", 0, tc.allowed_gemm(t, "bf16", False, 4096), 0),
+            ("GEMM A16 bf16 g128, M >= 512", "gemm", "bf16", 128, tc.allowed_gemm(t, "bf16", True, 4096), 0),
+            ("GEMM A8, M >= 512", "gemm", "int8", 0, tc.allowed_gemm(t, "int8", False, 4096), 0),
+            ("GEMM A16 bf16, M = 256", "gemm", "bf16", 0, tc.allowed_gemm(t, "bf16", False, 256), 0),
+            ("small-M bf16, M = 1", "gemv", "bf16", 0, tc.allowed_gemv(t, "bf16", False, 1), 1),
+            ("small-M A8, M = 16", "gemv", "int8", 0, tc.allowed_gemv(t, "int8", False, 16), 16),
+        ]
+        for label, kernel, kind, group, cfgs, bm in routes:
+            r = by.get((kernel, kind, t, group, cfgs[0], bm)) if cfgs else None
+            if r is not None:
+                out.append((label, r))
+    return out
+
+
+def print_markdown(results: list[aot.CompileResult], summary: dict) -> None:
+    print(
+        "| target | cards | smem limit | combos | compile | spill | over smem | MMA check fails | pass | allowed after pruning (failing) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for t, c in sorted(summary.items(), key=lambda kv: aot.TARGETS[kv[0]].capability):
+        tg = aot.TARGETS[t]
+        print(
+            f"| {t} | {tg.cards} | {tg.smem_limit // 1024} KB | {c.get('combos', 0)} | {c.get('compile_ok', 0)} | "
+            f"{c.get('spill', 0)} | {c.get('smem_over', 0)} | {c.get('mma_fail', 0)} | {c.get('pass', 0)} | "
+            f"{c.get('allowed', 0)} ({c.get('allowed_fail', 0)}) |"
+        )
+    print()
+    print(
+        "| target | route | first config | registers | spill | smem KB | main-loop SASS / K tile | MMAs in loop | SASS per MMA | tensor-core op |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for label, r in main_configs(results):
+        per = f"{r.loop_instructions / r.loop_mma:.1f}" if r.loop_mma else "-"
+        op = (
+            ", ".join(
+                o.replace("mma.sync.aligned.", "mma.").replace("wgmma.mma_async.sync.aligned.", "wgmma.")
+                for o in r.ptx_mma
+            )
+            or "none (CUDA cores)"
+        )
+        cfg = "x".join(map(str, r.job.config[:-2])) + f" w{r.job.config[-2]} s{r.job.config[-1]}"
+        print(
+            f"| {r.job.target} | {label} | {cfg} | {r.registers} | {r.spill_stores} | {r.shared / 1024:.0f} | "
+            f"{r.loop_instructions or '-'} | {r.loop_mma or '-'} | {per} | {op} |"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -136,14 +194,49 @@ def main(argv: list[str] | None = None) -> int:
             jobs += aot.gemv_jobs(targets)
         if "quant" in args.kernels:
             jobs += aot.quant_jobs(targets)
+        # the routes FLUX runs first (bf16 and int8), so an interrupted run has them
+        prio = {"bf16": 0, "int8": 0, "fp16": 1, "tf32": 2, "fp32": 2}
+        jobs.sort(key=lambda j: (prio.get(j.kind, 3), j.kernel != "gemm"))
+        out = args.out or RESULTS / f"aot-{triton.__version__}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
+        results = []
 
-        def progress(i: int, n: int, r: aot.CompileResult) -> None:
-            if i % 50 == 0 or i == n:
-                print(f"[{i}/{n}] {time.monotonic() - t0:.0f} s  {r.job.label}", file=sys.stderr, flush=True)
+        def save(complete: bool) -> None:
+            done = sorted({r.job.target for r in results})
+            doc = {
+                "triton": triton.__version__,
+                "python": platform.python_version(),
+                "complete": complete,
+                "jobs": len(jobs),
+                "targets": {
+                    t: {
+                        "capability": aot.TARGETS[t].capability,
+                        "smem_limit": aot.TARGETS[t].smem_limit,
+                        "cards": aot.TARGETS[t].cards,
+                    }
+                    for t in targets
+                },
+                "seconds": round(time.monotonic() - t0, 1),
+                "summary": summarize(results),
+                "no_config_left": empty_routes(done)
+                if complete and set(args.kernels) >= {"gemm", "gemv"}
+                else [],
+                "results": [r.to_json() for r in results],
+            }
+            out.write_text(json.dumps(doc, indent=0))
 
-        results = aot.compile_many(jobs, sass=not args.no_sass, progress=progress)
+        for i, r in enumerate(aot.iter_compile(jobs, sass=not args.no_sass), 1):
+            results.append(r)
+            if i % 25 == 0 or i == len(jobs):
+                print(
+                    f"[{i}/{len(jobs)}] {time.monotonic() - t0:.0f} s  {r.job.label}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                save(complete=False)
         elapsed = time.monotonic() - t0
+        save(complete=len(results) == len(jobs))
     print_report(results)
     summary = summarize(results)
     print(
@@ -156,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{c.get('smem_over', 0):4d} over smem, {c.get('mma_fail', 0):3d} MMA fail, {c.get('pass', 0):4d} pass; "
             f"{c.get('allowed', 0):4d} allowed ({c.get('allowed_fail', 0)} failing)"
         )
+    if args.markdown:
+        print()
+        print_markdown(results, summary)
     holes = empty_routes(targets) if set(args.kernels) >= {"gemm", "gemv"} else []
     for h in holes:
         print(f"no config left: {h}")
@@ -163,25 +259,6 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(aot.format_table(*aot.passed_tables(results)))
     if not args.from_json:
-        out = args.out or RESULTS / f"aot-{triton.__version__}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        doc = {
-            "triton": triton.__version__,
-            "python": platform.python_version(),
-            "targets": {
-                t: {
-                    "capability": aot.TARGETS[t].capability,
-                    "smem_limit": aot.TARGETS[t].smem_limit,
-                    "cards": aot.TARGETS[t].cards,
-                }
-                for t in targets
-            },
-            "seconds": round(elapsed, 1),
-            "summary": summary,
-            "no_config_left": holes,
-            "results": [r.to_json() for r in results],
-        }
-        out.write_text(json.dumps(doc, indent=0))
         print(f"\nwrote {out} ({len(results)} compiles, {elapsed:.0f} s)")
     bad = sum(c.get("allowed_fail", 0) for c in summary.values())
     return 1 if bad or holes else 0

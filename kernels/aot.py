@@ -238,7 +238,7 @@ _PTXAS = re.compile(
 )
 _PTX_MMA = re.compile(r"\b(wgmma\.mma_async[\w.]*|mma\.sync[\w.]*)")
 _SASS_LINE = re.compile(
-    r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)[.\w]*\s*(?:0x([0-9a-f]+))?"
+    r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)[.\w]*\s*(?:!?U?P\w+,\s*)?(?:0x([0-9a-f]+))?"
 )
 _SASS_MMA = {"HMMA", "IMMA", "HGMMA", "IGMMA", "QMMA", "OMMA"}
 

@@ -30,6 +30,7 @@ import torch
 from .triton_common import (
     MIN_CAPABILITY,
     SMALL_M_MAX,
+    allowed_gemm,
     device_capability,
     interpreting,
     m_bucket,
@@ -62,9 +63,15 @@ def supports(x: torch.Tensor, packed: torch.Tensor, act: str) -> bool:
     """May ``"auto"`` pick Triton for this call? CUDA only."""
     if x.device.type != "cuda" or not _tensors_ok(x, packed) or not triton_usable():
         return False
-    if device_capability(x.device) < MIN_CAPABILITY:
+    cap = device_capability(x.device)
+    if cap < MIN_CAPABILITY:
         return False
-    return not (act == "a16" and x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32)
+    if act == "a16" and x.dtype == torch.float32:  # tf32 tensor cores, where checked, or torch
+        fam = target_family(cap)
+        return bool(torch.backends.cuda.matmul.allow_tf32) and all(
+            allowed_gemm(fam, "tf32", False, mb) for mb in (256, 512)
+        )
+    return True
 
 
 def route(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, act: str) -> tuple:

@@ -6,11 +6,14 @@ The kernel modules (``triton_gemm``, ``triton_gemv``, ``triton_quant``) do impor
 only imported lazily, by :mod:`.triton_backend`, once :func:`triton_usable` said yes.
 
 Autotuning is keyed by ``(M_BUCKET, N, K, GROUP_SIZE)`` plus the tensors' dtypes (Triton adds
-those). The configuration lists were chosen for the FLUX.1-dev linear shapes
-(N x K in 18432x3072, 9216x3072, 3072x3072, 12288x3072, 3072x12288, 21504x3072, 3072x15360;
-M in 1, 2, 256, 1024, 4096, 4608). Under ``TRITON_INTERPRET=1`` every list collapses to one
-interpreter-friendly configuration (several configs would make the autotuner ask a GPU driver
-for timings, and the interpreter costs ~5 ms per program x K-iteration, so blocks are large).
+those). The candidate lists were chosen for the FLUX.1-dev linear shapes (N x K in 18432x3072,
+9216x3072, 3072x3072, 12288x3072, 3072x12288, 21504x3072, 3072x15360) and FLUX.2 [klein]'s
+(hidden H = 3072 / 4096: 9H x H, H x 4H, 6H x H, H x 3H, 3H x H), M in 1, 2, 256, 1024, 4096,
+4608; the prune hooks keep, per device, only what ``bench/aot_check.py`` compiled cleanly for
+that target (:data:`GEMM_PASSED`, :data:`GEMV_PASSED`). Under ``TRITON_INTERPRET=1`` every list
+collapses to one interpreter-friendly configuration (several configs would make the autotuner
+ask a GPU driver for timings, and the interpreter costs ~5 ms per program x K-iteration, so
+blocks are large).
 """
 
 from __future__ import annotations
@@ -198,6 +201,17 @@ def gemm_configs() -> list[Any]:
     ]
 
 
+def _passed(table: dict, key: tuple) -> set | None:
+    """The AOT-passed set for a route: ``None`` (everything) when no tables are recorded at all;
+    fp16 routes the check did not reach use bf16's (same tiles, same shared memory); any other
+    unchecked route gets nothing (it runs on torch)."""
+    if not table:
+        return None
+    if key not in table and key[1] == "fp16":
+        key = (key[0], "bf16", *key[2:])
+    return table.get(key, set())
+
+
 def allowed_gemm(
     family: str, kind: str, grouped: bool, m_bucket_: int
 ) -> list[tuple[int, int, int, int, int]]:
@@ -205,7 +219,7 @@ def allowed_gemm(
     the bucket's list, minus what the AOT check found to spill or overflow shared memory there
     (:data:`GEMM_PASSED`)."""
     wanted = GEMM_LARGE_M if m_bucket_ >= 512 else GEMM_MID_M
-    passed = GEMM_PASSED.get((family, kind, grouped))
+    passed = _passed(GEMM_PASSED, (family, kind, grouped))
     return [c for c in wanted if passed is None or c in passed]
 
 
@@ -213,7 +227,7 @@ def allowed_gemv(family: str, kind: str, grouped: bool, block_m: int) -> list[tu
     """Small-M configs for one target / kind / scale kind / M block (see :func:`allowed_gemm`)."""
     use_dot = block_m > 4
     checked_m = 16 if use_dot else 1 if block_m == 1 else 4  # M = 2 runs under M = 4's results
-    passed = GEMV_PASSED.get((family, kind, grouped, checked_m))
+    passed = _passed(GEMV_PASSED, (family, kind, grouped, checked_m))
     return [c for c in GEMV if gemv_block_ok(block_m, c, use_dot) and (passed is None or c in passed)]
 
 

@@ -9,6 +9,7 @@ zeroed fp32 output). The weight tile is loaded row-major ``[BLOCK_N, BLOCK_K/4]`
 :mod:`.triton_gemm`.
 
 * ``USE_DOT=False`` (M <= 4): fp32 multiply-adds on CUDA cores into a register accumulator
+  (the weight is built from the code bits in a float's mantissa: no int -> float conversion)
   ``[BLOCK_M, BLOCK_N, BLOCK_K/4]``; the reduction over K runs **once, after the K loop** (a
   reduction inside the loop costs shuffles and barriers per tile: ~3.4x more instructions at
   M = 1). No tensor-core padding of M to 16.
@@ -112,6 +113,8 @@ def _ternary_gemv_kernel(
                 gsc = gsc.to(x_ptr.dtype.element_ty).to(tl.float32)  # as the reference rounds it
         if INT8_DOT and GROUP_SIZE > 0:
             part = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.int32)
+        if not USE_DOT:
+            p32 = p.to(tl.int32)
         for s in tl.static_range(4):
             kk = k0 + 32 * s + k_of_r
             if EVEN_K:
@@ -137,7 +140,12 @@ def _ternary_gemv_kernel(
                         w = w * gsc.to(x_ptr.dtype.element_ty)
                     acc = tl.dot(w, tl.trans(a), acc)
             else:
-                w = codes.to(tl.float32) - 1.0
+                # no int -> float conversion (I2F runs at a quarter rate): the code's two bits,
+                # left where they are (bits 2s, 2s+1), become low mantissa bits of 1.0:
+                # f = 1 + code * 2^(2s-23), and f * 2^(23-2s) - (2^(23-2s) + 1) = code - 1
+                # exactly, in one FMA
+                bits = (p32 & (3 << (2 * s))) | 0x3F800000
+                w = bits.to(tl.float32, bitcast=True) * (1 << (23 - 2 * s)) - ((1 << (23 - 2 * s)) + 1)
                 if FOLD:
                     w = w * gsc
                 acc += a.to(tl.float32)[:, None, :] * w[None, :, :]
