@@ -41,7 +41,8 @@ counts and clocks (:data:`GPUS`, sources there): the roofline ``max(bytes / BW, 
 for all three, and for the ternary kernels also the *design* bound, which adds what the AOT
 check measured in the compiled code (``bench/results/aot-<triton>.json``: SASS instructions per
 K tile of the main loop of the config the pruned tables offer first; 4 warp-instructions per
-clock per SM) and wave quantization of the kernel's grid. Ratios are vs cuBLAS at its
+clock per SM), the int -> float conversions of the A16 GEMM's unpack (16 a clock per SM) and
+wave quantization of the kernel's grid. Ratios are vs cuBLAS at its
 roofline (a real cuBLAS is slower, so they are conservative), beside the goals.
 """
 
@@ -427,17 +428,28 @@ def _aot_lookup(aot: dict | None, target: str, kernel: str, kind: str, block_m: 
     return None
 
 
-def _first_config(target: str, kernel: str, kind: str, m: int):
+def _allowed_configs(target: str, kernel: str, kind: str, m: int) -> list[tuple[int, ...]]:
     from ternaryflux.kernels import triton_common as tc
 
     if kernel == "gemm":
-        return tc.allowed_gemm(target, kind, False, tc.m_bucket(m))[0]
-    return tc.allowed_gemv(target, kind, False, tc.m_bucket(m))[0]
+        return tc.allowed_gemm(target, kind, False, tc.m_bucket(m))
+    return tc.allowed_gemv(target, kind, False, tc.m_bucket(m))
 
 
 def design_time(m: int, n: int, k: int, act: str, gpu: dict, aot: dict | None) -> tuple[float, str]:
-    """Bound time of the ternary kernel as designed: roofline, wave quantization of its grid,
-    and the instruction-issue bound of its compiled main loop (from the AOT results)."""
+    """Bound time of the ternary kernel as designed, for the best config the pruned tables
+    allow on the card's target (what the autotuner would pick, by this model): see
+    :func:`config_time`."""
+    kind = "int8" if act == "a8" else "bf16"
+    cfgs = _allowed_configs(gpu["smem_target"], "gemv" if m <= 16 else "gemm", kind, m)
+    return min(config_time(m, n, k, act, gpu, aot, cfg) for cfg in cfgs)
+
+
+def config_time(
+    m: int, n: int, k: int, act: str, gpu: dict, aot: dict | None, cfg: tuple[int, ...]
+) -> tuple[float, str]:
+    """Bound time of one config: roofline, wave quantization of its grid, the instruction-issue
+    bound of its compiled main loop (AOT results) and the A16 GEMM's int -> float conversions."""
     from ternaryflux.kernels.triton_gemv import default_split_k
 
     target = gpu["smem_target"]
@@ -445,7 +457,6 @@ def design_time(m: int, n: int, k: int, act: str, gpu: dict, aot: dict | None) -
     peak = gpu["int8"] if act == "a8" else gpu["bf16"]
     issue_rate = gpu["sms"] * ISSUE_PER_SM_CLK * gpu["clock"]
     small = m <= 16
-    cfg = _first_config(target, "gemv" if small else "gemm", kind if not small or m > 4 else kind, m)
     if small:
         bn, bk, warps, _ = cfg
         split = default_split_k(n, k, gpu["sms"])
@@ -465,18 +476,32 @@ def design_time(m: int, n: int, k: int, act: str, gpu: dict, aot: dict | None) -
     t_flop = 2.0 * m * n * k / (peak * u_wave) if not (small and m <= 4) else 0.0
     note = f"{'gemv' if small else 'gemm'} {'x'.join(map(str, cfg))}"
     t_issue = 0.0
+    loop = None
     r = _aot_lookup(aot, target, "gemv" if small else "gemm", kind, block_m, cfg)
     if r and r.get("loop_instructions"):
-        warp_instr = ctas * tiles_per_cta * r["loop_instructions"] * warps
+        loop = r["loop_instructions"]
+    if small and m == 2:  # compiled at M blocks 1 and 4: interpolate the per-row (FMA) part
+        r1 = _aot_lookup(aot, target, "gemv", kind, 1, cfg)
+        if loop and r1 and r1.get("loop_instructions"):
+            loop = r1["loop_instructions"] + (loop - r1["loop_instructions"]) / 3
+    if loop:
+        warp_instr = ctas * tiles_per_cta * loop * warps
         t_issue = warp_instr / (issue_rate * u_wave)
-        note += f", {r['loop_instructions']} SASS/K-tile"
+        note += f", {loop:.0f} SASS/K-tile"
+    t_conv = 0.0
+    if act == "a16" and not small:
+        # the A16 GEMM converts every unpacked code int -> float once per CTA and K tile (one
+        # I2F per weight in the compiled loop), at 16 conversions / clock / SM (CUDA C++
+        # Programming Guide, arithmetic instruction throughput, cc 8.x / 9.0)
+        conversions = ctas * tiles_per_cta * bn * bk
+        t_conv = conversions / (16 * gpu["sms"] * gpu["clock"] * u_wave)
     if act == "a8":  # the separate quantization pass: memory bound, one program per row
         qbytes = m * k * 2 + m * k + m * 4
         t_q = qbytes / (gpu["bw"] * min(1.0, m / gpu["sms"]))
     else:
         t_q = 0.0
-    bound = max(t_mem, t_flop, t_issue)
-    which = {t_mem: "memory", t_flop: "tensor", t_issue: "issue"}[bound]
+    bound = max(t_mem, t_flop, t_issue, t_conv)
+    which = {t_mem: "memory", t_flop: "tensor", t_issue: "issue", t_conv: "I2F"}[bound]
     return bound + t_q, f"{note}; {which}-bound"
 
 
