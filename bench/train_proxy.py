@@ -13,8 +13,8 @@ import shutil
 import time
 from pathlib import Path
 
-from ternaryflux.proxy.model import ProxySettings, cache_root, ensure_proxy
 import torch
+from ternaryflux.proxy.model import ProxySettings, cache_root, ensure_proxy
 from tqdm import tqdm
 
 

@@ -7,7 +7,6 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from ternaryflux.proxy.encoding import ToyTextEncoder, from_latent, to_latent
 from ternaryflux.proxy.geneval import TASKS, check, detect, score_images, wrong_scene
 from ternaryflux.proxy.model import ProxySettings, SceneStream
