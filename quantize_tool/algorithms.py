@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 METHODS = ("absmean", "twn", "calibrated")
 ALL_CANDIDATES = ("absmean", "twn", "twn_grid", "aw_sqrt", "aw", "gptq")
 DEFAULT_CANDIDATES = ("twn", "aw_sqrt", "gptq")
+BLOCK_INPUTS = ("float", "sequential")
 EPS = 1e-12
 
 
@@ -75,7 +76,9 @@ class TernaryConfig:
     act_order: bool = True
     gptq_min_tokens: float = 1.0  # gptq only when calibration gives >= this many input rows per input channel
     grid: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2)
-    block_inputs: str = "float"  # "float": float model's block inputs | "ternary": the partly ternary model's
+    # "float": each block calibrated on the float model's block inputs | "sequential": on the inputs
+    # that the already-ternary earlier blocks produce (GPTQ's convention); target: the float output
+    block_inputs: str = "float"
     max_gram_k: int = 16384  # larger inputs use the diagonal only (no gptq candidate)
     device: str | None = None
 
@@ -85,8 +88,8 @@ class TernaryConfig:
         bad = [c for c in self.candidates if c not in ALL_CANDIDATES]
         if bad:
             raise ValueError(f"unknown candidates {bad}: use any of {ALL_CANDIDATES}")
-        if self.block_inputs not in ("float", "ternary"):
-            raise ValueError("block_inputs must be 'float' or 'ternary'")
+        if self.block_inputs not in BLOCK_INPUTS:
+            raise ValueError(f"block_inputs must be one of {BLOCK_INPUTS}, got {self.block_inputs!r}")
         if self.bias_correction not in ("auto", "on", "off"):
             raise ValueError("bias_correction must be 'auto', 'on' or 'off'")
 
@@ -535,7 +538,7 @@ def quantize_(
             if not names:
                 continue
             cap = captured[b]
-            if cfg.block_inputs == "ternary":
+            if cfg.block_inputs == "sequential":
                 # inputs from the model whose earlier blocks are already ternary (in place)
                 cap = []
                 h = mod.register_forward_pre_hook(

@@ -31,7 +31,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from .algorithms import ALL_CANDIDATES, DEFAULT_CANDIDATES, TernaryConfig
+from .algorithms import ALL_CANDIDATES, BLOCK_INPUTS, DEFAULT_CANDIDATES, TernaryConfig
 from .common import (
     FORMATTER,
     add_device_arg,
@@ -102,6 +102,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="calibrated: bias correction (auto = block error decides)",
     )
+    p.add_argument(
+        "--block-inputs",
+        choices=BLOCK_INPUTS,
+        default="float",
+        help="calibrated: calibrate each block on the float model's block inputs (float) or on the inputs "
+        "the already-ternary earlier blocks produce (sequential); the target is the float block output",
+    )
     add_device_arg(p)
     p.add_argument("--seed", type=int, default=0, help="seed for subsampling calibration data")
     p.add_argument(
@@ -122,7 +129,11 @@ def run(args: argparse.Namespace) -> int:
     src = open_source(args.source)
     cands = tuple(c.strip() for c in args.candidates.split(",") if c.strip())
     cfg = TernaryConfig(
-        method=args.method, group_size=args.group_size, candidates=cands, bias_correction=args.bias_correction
+        method=args.method,
+        group_size=args.group_size,
+        candidates=cands,
+        bias_correction=args.bias_correction,
+        block_inputs=args.block_inputs,
     )
     try:
         cfg.validate()

@@ -495,11 +495,21 @@ def _quantize_calibrated(
         )
     del skeleton
 
-    def do_block(prefix: str, block: torch.nn.Module, run, names: list[str]) -> list[torch.Tensor]:
+    sequential = config.block_inputs == "sequential"
+    # sequential: each block is calibrated on the inputs that the already-ternary earlier blocks
+    # produce (``tstreams``), against the float model's block output (from ``streams``)
+    tstreams = [dict(s) for s in streams] if sequential else streams
+
+    def do_block(
+        prefix: str, block: torch.nn.Module, run, names: list[str]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Calibrate one block; returns (float outputs, outputs of the ternary block on its inputs)."""
         block = _load_module(block, src, prefix, dev)
-        target = [t.clone() for t in run(block)]
+        target = [t.clone() for t in run(block, streams)]
         t0 = time.perf_counter()
-        res = calibrate_block(block, run, target, names, config, progress=lambda n: bar.update(1))
+        res = calibrate_block(
+            block, lambda b: run(b, tstreams), target, names, config, progress=lambda n: bar.update(1)
+        )
         dt = (time.perf_counter() - t0) / max(len(res), 1)
         for key in block.state_dict():
             full = prefix + key
@@ -513,7 +523,7 @@ def _quantize_calibrated(
                 emitter.add(full, res[key[: -len(".bias")]].bias)
             else:
                 emitter.add(full, src.get(full))
-        return target
+        return target, ([t.clone() for t in run(block, tstreams)] if sequential else target)
 
     kw = {"dtype": torch.float32}
     for i in range(cfg.depth):
@@ -526,14 +536,16 @@ def _quantize_calibrated(
             if isinstance(m, torch.nn.Linear) and is_ternary_layer(prefix + n)
         ]
 
-        def run(b, streams=streams):
-            return [t for s in streams for t in b(s["img"], s["txt"], s["vec"], s["pe"])]
+        def run(b, ss):
+            return [t for s in ss for t in b(s["img"], s["txt"], s["vec"], s["pe"])]
 
-        target = do_block(prefix, block, run, names)
-        for j, s in enumerate(streams):
-            s["img"], s["txt"] = target[2 * j], target[2 * j + 1]
-    for s in streams:
-        s["x"] = torch.cat((s.pop("txt"), s.pop("img")), dim=1)
+        target, tout = do_block(prefix, block, run, names)
+        for ss, out in ((streams, target), (tstreams, tout)) if sequential else ((streams, target),):
+            for j, s in enumerate(ss):
+                s["img"], s["txt"] = out[2 * j], out[2 * j + 1]
+    for ss in (streams, tstreams) if sequential else (streams,):
+        for s in ss:
+            s["x"] = torch.cat((s.pop("txt"), s.pop("img")), dim=1)
     for i in range(cfg.depth_single_blocks):
         prefix = f"single_blocks.{i}."
         with torch.device("meta"):
@@ -544,12 +556,13 @@ def _quantize_calibrated(
             if isinstance(m, torch.nn.Linear) and is_ternary_layer(prefix + n)
         ]
 
-        def run(b, streams=streams):
-            return [b(s["x"], s["vec"], s["pe"]) for s in streams]
+        def run(b, ss):
+            return [b(s["x"], s["vec"], s["pe"]) for s in ss]
 
-        target = do_block(prefix, block, run, names)
-        for j, s in enumerate(streams):
-            s["x"] = target[j]
+        target, tout = do_block(prefix, block, run, names)
+        for ss, out in ((streams, target), (tstreams, tout)) if sequential else ((streams, target),):
+            for j, s in enumerate(ss):
+                s["x"] = out[j]
     for name, _dt, _shp in list(emitter.writer.specs):
         if name.startswith("final_layer."):
             emitter.add(name, src.get(name))
