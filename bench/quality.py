@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--proxy", type=Path, default=None, help="float proxy file (default: committed/cached)")
     ap.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)
     ap.add_argument("--per-kind", type=int, default=12, help="held-out prompts per prompt form")
-    ap.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
+    ap.add_argument("--seeds", type=int, default=4, help="seeds per prompt")
     ap.add_argument("--cal-captions", type=int, default=64, help="calibration captions (training grammar)")
     ap.add_argument("--calib-samples", type=int, default=32, help="quantize --calib-samples")
     ap.add_argument("--distill-steps", type=int, default=300)

@@ -96,7 +96,11 @@ class MiniLM(nn.Module):
     def hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         e = self.embeddings
         pos = torch.arange(ids.shape[1])[None]
-        h = e.word_embeddings(ids) + e.position_embeddings(pos) + e.token_type_embeddings(torch.zeros_like(ids))
+        h = (
+            e.word_embeddings(ids)
+            + e.position_embeddings(pos)
+            + e.token_type_embeddings(torch.zeros_like(ids))
+        )
         h = e.LayerNorm(h)
         for layer in self.encoder.layer:
             h = layer(h, mask)
@@ -301,7 +305,10 @@ def main(argv: list[str] | None = None) -> dict:
                 name = f"{args.distill_from} + distill {steps} steps lr {lr:g}"
                 results[name] = {**metrics(st, ref, hid, hmask), "seconds": sec}
                 log.info("%s: %s", name, results[name])
-    lines = ["| variant | cosine to float (mean / min) | pairwise-sim. Spearman | time s |", "|---|---|---|---|"]
+    lines = [
+        "| variant | cosine to float (mean / min) | pairwise-sim. Spearman | time s |",
+        "|---|---|---|---|",
+    ]
     for v, r in results.items():
         lines.append(
             f"| {v} | {r['cosine_to_float']:.4f} / {r['cosine_min']:.3f} | {r['pairwise_spearman']:.4f} | {r['seconds']:.0f} |"

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SamplerSettings:
     steps: int = 20
-    cfg: float = 3.0
+    cfg: float = 5.0
 
 
 def load_model(path: str | Path) -> Flux:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from ternaryflux.proxy.model import COMMITTED, ProxySettings, committed_key
 from ternaryflux.proxy.quality import load_model
 
