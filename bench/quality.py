@@ -52,7 +52,7 @@ from ternaryflux.proxy.quality import (  # noqa: E402
 )
 from ternaryflux.proxy.scenes import heldout_scenes  # noqa: E402
 from ternaryflux.quantize_tool import cli  # noqa: E402
-from ternaryflux.quantize_tool.evaluate import velocity_error  # noqa: E402
+from ternaryflux.quant.evaluate import velocity_error  # noqa: E402
 
 log = logging.getLogger("bench.quality")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -78,8 +78,8 @@ def cli_has_block_inputs() -> bool:
 def calibrated_sequential_inprocess(src: Path, out: Path, cal: Path, calib_samples: int, seed: int) -> None:
     """The sequential variant through the generic ``quantize_`` (bench-only until the CLI has
     ``--block-inputs``): same candidates and selection as ``--method calibrated``."""
-    from ternaryflux.quantize_tool.algorithms import TernaryConfig, quantize_
-    from ternaryflux.quantize_tool.common import load_calibration
+    from ternaryflux.quant.algorithms import TernaryConfig, quantize_
+    from ternaryflux.quant.calibration import load_calibration
 
     model = load_model(src)
     samples, summary = load_calibration([cal], calib_samples, seed)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("ternaryflux", "ternaryflux.quantize_tool"):
+    for noisy in ("ternaryflux", "ternaryflux.quant", "ternaryflux.quantize_tool"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     if args.quick:

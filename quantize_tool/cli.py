@@ -9,10 +9,10 @@ import logging
 import sys
 
 from ..core.checkpoint import TernaryFormatError
+from ..quant.errors import QuantizeError
 from ..version import __version__
-from .errors import ToolError
 
-__all__ = ["COMMAND_MODULES", "ToolError", "build_parser", "main"]
+__all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 # subcommand modules, in the order `--help` lists them
 COMMAND_MODULES = [
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ToolError, TernaryFormatError) as e:
+    except (QuantizeError, TernaryFormatError) as e:
         print(f"ternaryflux {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -18,8 +18,7 @@ import argparse
 from pathlib import Path
 
 from ..core.checkpoint import describe_file, is_ternary_file, load_checkpoint, write_checkpoint
-from .common import FORMATTER
-from .errors import ToolError
+from .args import FORMATTER, ToolError
 from .report import format_table, human_bytes
 
 

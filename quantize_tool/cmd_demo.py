@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 
 from ..core.checkpoint import TernaryMetadata, load_checkpoint, write_checkpoint
-from ..core.convert import ternarize_model
 from ..core.fixtures import make_flux_inputs, make_tiny_flux, tiny_flux_config
+from ..core.flux_layout import is_ternary_layer
 from ..core.flux_model import flux_from_state_dict
-from .algorithms import TernaryConfig
-from .evaluate import velocity_error
-from .flux_quantize import quantize_flux_tensors
+from ..quant.algorithms import TernaryConfig, quantize_
+from ..quant.evaluate import velocity_error
+from ..quant.flux import quantize_flux_tensors
+from ..quant.testing import trajectory_calibration
 from .report import format_table, human_bytes
-from .testing import trajectory_calibration
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     tern = make_tiny_flux(config, seed=args.seed, structured=True)
-    layers = ternarize_model(tern, args.method)
+    layers = list(
+        quantize_(tern, TernaryConfig(method=args.method), filter_fn=lambda m, n: is_ternary_layer(n))
+    )
     t_quant = time.perf_counter() - t0
     params_ternary = sum(int(tern.get_submodule(n).weight_shape.prod()) for n in layers)
 

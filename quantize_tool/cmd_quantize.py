@@ -31,20 +31,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from .algorithms import ALL_CANDIDATES, BLOCK_INPUTS, DEFAULT_CANDIDATES, TernaryConfig
-from .common import (
-    FORMATTER,
-    add_device_arg,
-    add_progress_arg,
-    check_calibration_fits,
-    default_report_path,
-    load_calibration,
-    write_json,
-)
-from .errors import ToolError
-from .flux_quantize import quantize_flux
+from ..quant.algorithms import ALL_CANDIDATES, BLOCK_INPUTS, DEFAULT_CANDIDATES, TernaryConfig
+from ..quant.calibration import check_calibration_fits, load_calibration
+from ..quant.flux import quantize_flux
+from ..quant.sources import open_source
+from .args import FORMATTER, ToolError, add_device_arg, add_progress_arg, default_report_path, write_json
 from .report import format_table, human_bytes
-from .sources import open_source
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ def _sha(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory) -> dict[str, str]:
-    from ternaryflux.quantize_tool.testing import write_structured_fixture
+    from ternaryflux.quant.testing import write_structured_fixture
 
     d = tmp_path_factory.mktemp("golden")
     fx = write_structured_fixture(d, cal_prompts=2, held_prompts=1)
@@ -66,9 +66,9 @@ def written(tmp_path_factory) -> dict[str, str]:
         assert main(argv) == 0
         hashes[name] = _sha(out)
     # the in-memory entry of the Ternarize FLUX node: same recipe on a state dict, no source hash
-    from ternaryflux.quantize_tool.algorithms import TernaryConfig
-    from ternaryflux.quantize_tool.common import load_calibration
-    from ternaryflux.quantize_tool.flux_quantize import quantize_flux_tensors
+    from ternaryflux.quant.algorithms import TernaryConfig
+    from ternaryflux.quant.calibration import load_calibration
+    from ternaryflux.quant.flux import quantize_flux_tensors
 
     samples, summary = load_calibration([fx["cal"]], 3, 0)
     out = d / "memory-calibrated.safetensors"
