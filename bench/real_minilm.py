@@ -207,14 +207,14 @@ def distill_(
 ) -> float:
     """Self-distillation with the tool's STE parametrisation (latent weights + LSQ scales),
     loss = relative MSE of the last hidden states + (1 - cosine) of the embeddings."""
-    from ternaryflux.core.ternary_linear import TernaryLinear, _set_submodule
+    from ternaryflux.core.ternary_linear import TernaryLinear, set_submodule
     from ternaryflux.quant.distill import STETernaryLinear
 
     t0 = time.time()
     names = [n for n, m in student.named_modules() if isinstance(m, TernaryLinear)]
     for n in names:
         tw = teacher.get_submodule(n).weight.detach()
-        _set_submodule(student, n, STETernaryLinear.from_ternary(student.get_submodule(n), tw))
+        set_submodule(student, n, STETernaryLinear.from_ternary(student.get_submodule(n), tw))
     params = [p for n, p in student.named_parameters() if n.startswith("encoder.")]
     # only ternary layers' latents/scales/biases train (norms too: they are float in the format)
     for p in student.parameters():
@@ -241,7 +241,7 @@ def distill_(
     # back to the checkpoint representation (codes + scales + float bias)
     for n in names:
         ste = student.get_submodule(n)
-        _set_submodule(student, n, TernaryLinear.from_weight(ste.to_ternary(), ste.bias.detach()))
+        set_submodule(student, n, TernaryLinear.from_weight(ste.to_ternary(), ste.bias.detach()))
     for p in student.parameters():
         p.requires_grad_(False)
     return time.time() - t0
