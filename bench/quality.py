@@ -12,9 +12,8 @@ Methods (``--methods``):
   float           the proxy itself
   absmean, twn    data-free
   calibrated      --method calibrated, default block inputs (the float model's)
-  calibrated-seq  calibrated with sequential block inputs (each block calibrated on what the
-                  already-ternary earlier blocks give it): ``--block-inputs sequential`` when the
-                  CLI has it, else the same recipe through ``quantize_(block_inputs="ternary")``
+  calibrated-seq  ``--block-inputs sequential``: each block calibrated on what the already-ternary
+                  earlier blocks give it (target: the float block output)
   distill         ``ternaryflux distill`` from calibrated-seq (or calibrated), --distill-steps
 
     python bench/quality.py                 # full table, about 15-25 min on 2 shared cores
@@ -37,8 +36,6 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import torch  # noqa: E402
-from ternaryflux.core.checkpoint import TernaryMetadata, write_checkpoint  # noqa: E402
-from ternaryflux.core.flux_layout import is_ternary_layer  # noqa: E402
 from ternaryflux.proxy.geneval import TASKS  # noqa: E402
 from ternaryflux.proxy.model import ProxySettings, proxy_path  # noqa: E402
 from ternaryflux.proxy.quality import (  # noqa: E402
@@ -67,41 +64,6 @@ def tool(argv: list[str]) -> None:
     log.debug("%s\n%s", " ".join(argv), buf.getvalue())
     if rc != 0:
         raise RuntimeError(f"ternaryflux {' '.join(argv)} failed ({rc}):\n{buf.getvalue()}")
-
-
-def cli_has_block_inputs() -> bool:
-    return (
-        "--block-inputs" in cli.build_parser()._subparsers._group_actions[0].choices["quantize"].format_help()
-    )
-
-
-def calibrated_sequential_inprocess(src: Path, out: Path, cal: Path, calib_samples: int, seed: int) -> None:
-    """The sequential variant through the generic ``quantize_`` (bench-only until the CLI has
-    ``--block-inputs``): same candidates and selection as ``--method calibrated``."""
-    from ternaryflux.quant.algorithms import TernaryConfig, quantize_
-    from ternaryflux.quant.calibration import load_calibration
-
-    model = load_model(src)
-    samples, summary = load_calibration([cal], calib_samples, seed)
-    blocks = [f"double_blocks.{i}" for i in range(len(model.double_blocks))]
-    blocks += [f"single_blocks.{i}" for i in range(len(model.single_blocks))]
-    cfg = TernaryConfig(method="calibrated", block_inputs="ternary")
-    quantize_(
-        model,
-        cfg,
-        calibration=[s.as_inputs(dtype=torch.float32) for s in samples],
-        filter_fn=lambda m, n: is_ternary_layer(n),
-        blocks=blocks,
-    )
-    sd = {}
-    for k, v in model.state_dict().items():
-        prefix = k.rsplit(".", 1)[0]
-        keep = is_ternary_layer(prefix) or not v.is_floating_point()
-        sd[k] = v if keep else v.to(torch.bfloat16)
-    meta = TernaryMetadata(
-        method="calibrated", method_params=cfg.params(), calibration=summary, variant="schnell"
-    )
-    write_checkpoint(out, sd, meta)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -147,7 +109,6 @@ def main(argv: list[str] | None = None) -> dict:
     common = ["--no-progress"]
     results: dict[str, dict] = {}
     grid_rows, names = [], []
-    seq_tool = cli_has_block_inputs()
     for m in args.methods:
         t = time.time()
         ck = work / f"{m}.safetensors"
@@ -160,14 +121,10 @@ def main(argv: list[str] | None = None) -> dict:
             tool(["quantize", str(src), "-o", str(ck), "--method", "calibrated", "--calibration", str(cal),
                   "--calib-samples", str(args.calib_samples), "--no-hash", *common])  # fmt: skip
         elif m == "calibrated-seq":
-            if seq_tool:
-                tool(["quantize", str(src), "-o", str(ck), "--method", "calibrated", "--calibration", str(cal),
-                      "--calib-samples", str(args.calib_samples), "--block-inputs", "sequential",
-                      "--no-hash", *common])  # fmt: skip
-                note = "ternaryflux quantize --block-inputs sequential"
-            else:
-                calibrated_sequential_inprocess(src, ck, cal, args.calib_samples, 0)
-                note = "quantize_(block_inputs='ternary') in-process (CLI has no --block-inputs yet)"
+            tool(["quantize", str(src), "-o", str(ck), "--method", "calibrated", "--calibration", str(cal),
+                  "--calib-samples", str(args.calib_samples), "--block-inputs", "sequential",
+                  "--no-hash", *common])  # fmt: skip
+            note = "ternaryflux quantize --block-inputs sequential"
         elif m == "distill":
             start = work / f"{args.distill_from}.safetensors"
             if not start.exists():

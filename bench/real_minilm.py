@@ -251,15 +251,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "absmean": ("absmean", {}),
     "twn": ("twn", {}),
     "calibrated (float inputs, default)": ("calibrated", {}),
-    "calibrated sequential": ("calibrated", {"block_inputs": "ternary"}),
-    "sequential, bias corr. off": ("calibrated", {"block_inputs": "ternary", "bias_correction": "off"}),
-    "sequential, bias corr. on": ("calibrated", {"block_inputs": "ternary", "bias_correction": "on"}),
-    "sequential, gptq damp 0.01": ("calibrated", {"block_inputs": "ternary", "gptq_damp": 0.01}),
-    "sequential, gptq damp 0.3": ("calibrated", {"block_inputs": "ternary", "gptq_damp": 0.3}),
-    "sequential, no gptq": ("calibrated", {"block_inputs": "ternary", "candidates": ("twn", "aw_sqrt")}),
+    "calibrated sequential": ("calibrated", {"block_inputs": "sequential"}),
+    "sequential, bias corr. off": ("calibrated", {"block_inputs": "sequential", "bias_correction": "off"}),
+    "sequential, bias corr. on": ("calibrated", {"block_inputs": "sequential", "bias_correction": "on"}),
+    "sequential, gptq damp 0.01": ("calibrated", {"block_inputs": "sequential", "gptq_damp": 0.01}),
+    "sequential, gptq damp 0.3": ("calibrated", {"block_inputs": "sequential", "gptq_damp": 0.3}),
+    "sequential, no gptq": ("calibrated", {"block_inputs": "sequential", "candidates": ("twn", "aw_sqrt")}),
     "sequential, all candidates": (
         "calibrated",
-        {"block_inputs": "ternary", "candidates": ("absmean", "twn", "twn_grid", "aw_sqrt", "aw", "gptq")},
+        {"block_inputs": "sequential", "candidates": ("absmean", "twn", "twn_grid", "aw_sqrt", "aw", "gptq")},
     ),
 }
 
