@@ -48,8 +48,8 @@ from ternaryflux.proxy.quality import (  # noqa: E402
     write_trajectory_calibration,
 )
 from ternaryflux.proxy.scenes import heldout_scenes  # noqa: E402
-from ternaryflux.quantize_tool import cli  # noqa: E402
 from ternaryflux.quant.evaluate import velocity_error  # noqa: E402
+from ternaryflux.quantize_tool import cli  # noqa: E402
 
 log = logging.getLogger("bench.quality")
 RESULTS = Path(__file__).resolve().parent / "results"
