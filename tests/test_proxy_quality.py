@@ -46,6 +46,8 @@ def test_quick_quality_pipeline(tmp_path):
     report = _bench().main(
         [
             "--quick",
+            "--threads",
+            "1",
             "--methods",
             "float",
             "absmean",
