@@ -72,14 +72,16 @@ class TernaryConfig:
     method: str = "calibrated"
     group_size: int = 0
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES
-    bias_correction: str = "auto"  # "auto" (let the block error decide) | "on" | "off"
+    # "off" (default: measured best on MiniLM, a tie on the proxy; docs/QUANTIZATION.md) | "auto" (the
+    # block error decides) | "on"
+    bias_correction: str = "off"
     gptq_damp: float = 0.1
     act_order: bool = True
     gptq_min_tokens: float = 1.0  # gptq only when calibration gives >= this many input rows per input channel
     grid: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2)
     # "float": each block calibrated on the float model's block inputs | "sequential": on the inputs
     # that the already-ternary earlier blocks produce (GPTQ's convention); target: the float output
-    block_inputs: str = "float"
+    block_inputs: str = "sequential"  # default measured in docs/QUANTIZATION.md
     max_gram_k: int = 16384  # larger inputs use the diagonal only (no gptq candidate)
     device: str | None = None
 

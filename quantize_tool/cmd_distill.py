@@ -65,7 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="held-out inputs for the before/after figure",
     )
     p.add_argument("-o", "--out", type=Path, required=True, help="distilled checkpoint")
-    p.add_argument("--steps", type=int, default=300, help="optimizer steps in total (default 300)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=DistillConfig.steps,
+        help=f"optimizer steps in total (default {DistillConfig.steps})",
+    )
     p.add_argument("--block-steps", type=int, default=None, help="of which block-wise (default: a third)")
     p.add_argument(
         "--lr", type=float, default=1e-4, help="learning rate of latent weights and biases (default 1e-4)"

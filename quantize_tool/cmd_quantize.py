@@ -91,15 +91,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--bias-correction",
         choices=["auto", "on", "off"],
-        default="auto",
-        help="calibrated: bias correction (auto = block error decides)",
+        default=TernaryConfig.bias_correction,
+        help=f"calibrated: bias correction (auto = block error decides; default {TernaryConfig.bias_correction})",
     )
     p.add_argument(
         "--block-inputs",
         choices=BLOCK_INPUTS,
-        default="float",
+        default=TernaryConfig.block_inputs,
         help="calibrated: calibrate each block on the float model's block inputs (float) or on the inputs "
-        "the already-ternary earlier blocks produce (sequential); the target is the float block output",
+        "the already-ternary earlier blocks produce (sequential); the target is the float block output "
+        f"(default {TernaryConfig.block_inputs})",
     )
     add_device_arg(p)
     p.add_argument("--seed", type=int, default=0, help="seed for subsampling calibration data")

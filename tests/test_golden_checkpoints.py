@@ -20,12 +20,15 @@ from ternaryflux.quantize_tool.cli import main
 GOLDEN = Path(__file__).parent / "golden" / "checkpoint_hashes.json"
 
 # name -> extra CLI arguments after `quantize SOURCE -o OUT`
+# the calibrated recipe before the defaults changed (block inputs float, bias correction auto): the
+# recorded hashes of these cases come from the code before the re-layout
+FLOAT_RECIPE = ["--block-inputs", "float", "--bias-correction", "auto"]
 CASES = {
     "absmean-2bit": ["--method", "absmean"],
     "absmean-base3": ["--method", "absmean", "--at-rest", "base3"],
     "twn-2bit-g256": ["--method", "twn", "--group-size", "256"],
     "twn-base3": ["--method", "twn", "--at-rest", "base3"],
-    "calibrated-2bit": ["--method", "calibrated", "--calib-samples", "3"],
+    "calibrated-2bit": ["--method", "calibrated", "--calib-samples", "3", *FLOAT_RECIPE],
     "calibrated-base3-g256": [
         "--method",
         "calibrated",
@@ -35,6 +38,7 @@ CASES = {
         "256",
         "--at-rest",
         "base3",
+        *FLOAT_RECIPE,
     ],
     "calibrated-sequential": [
         "--method",
@@ -43,7 +47,11 @@ CASES = {
         "3",
         "--block-inputs",
         "sequential",
+        "--bias-correction",
+        "auto",
     ],
+    # today's default recipe (sequential, no bias correction)
+    "calibrated-default": ["--method", "calibrated", "--calib-samples", "3"],
 }
 
 
@@ -75,7 +83,7 @@ def written(tmp_path_factory) -> dict[str, str]:
     quantize_flux_tensors(
         load_file(fx["model"]),
         out,
-        TernaryConfig(method="calibrated"),
+        TernaryConfig(method="calibrated", block_inputs="float", bias_correction="auto"),
         calibration=samples,
         calibration_summary=summary,
         device="cpu",
