@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
             )
         samples, summary = load_calibration(args.calibration, args.calib_samples, args.seed)
         c = src.config
-        check_calibration_fits(samples, c.in_channels, c.context_in_dim, c.vec_in_dim)
+        check_calibration_fits(samples, c)
     elif args.calibration:
         log.warning("--calibration is ignored by --method %s", args.method)
     log.info(
