@@ -36,6 +36,10 @@ def main() -> int:
     sd = load_file(a.weights)
     inputs = load_file(a.inputs)
     cfg = comfy.model_detection.detect_unet_config(sd, "")
+    model_config = comfy.model_detection.model_config_from_unet(sd, "")
+    if model_config is None or type(model_config).__name__ != "Flux2":
+        raise SystemExit(f"ComfyUI did not detect FLUX.2 (got {type(model_config).__name__})")
+    sd = model_config.process_unet_state_dict(dict(sd))  # ComfyUI's own key conversion (*_norm.scale)
     image_model = cfg.pop("image_model")
     model = comfy.ldm.flux.model.Flux(
         image_model=image_model,
