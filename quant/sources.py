@@ -256,7 +256,7 @@ def check_output_concat(where: str, name: str, shapes: list[tuple[int, ...]]) ->
         )
 
 
-def _bfl_recipes_for_diffusers(keys: set[str]) -> dict[str, Recipe]:
+def diffusers_recipes(keys: set[str]) -> dict[str, Recipe]:
     out: dict[str, Recipe] = {}
     used: set[str] = set()
     names = DIFFUSERS_NAMES[diffusers_architecture(keys)]
@@ -464,7 +464,7 @@ def open_source(path: str | Path) -> SourceModel:
         k.startswith(("transformer_blocks.", "single_transformer_blocks.")) for k in skeys
     ):
         layout = "diffusers"
-        recipes = _bfl_recipes_for_diffusers(skeys)
+        recipes = diffusers_recipes(skeys)
     else:
         raise QuantizeError(
             f"{files[0]}: {_describe_non_flux(skeys)}; expected a FLUX.1 or FLUX.2 transformer (BFL, diffusers or ComfyUI layout)"
