@@ -41,7 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "source", type=Path, help="diffusers transformer folder/file, or gemlite state_dict.pt (or folder)"
     )
-    p.add_argument("--from", dest="layout", choices=["bonsai-unpacked", "bonsai-gemlite"], required=True)
+    p.add_argument(
+        "--from",
+        dest="layout",
+        choices=["bonsai-unpacked", "bonsai-gemlite"],
+        required=True,
+        help="the source layout (see above)",
+    )
     p.add_argument("--at-rest", choices=["2bit", "base3"], default="2bit", help="packing of the output")
     p.add_argument("-o", "--out", type=Path, required=True, help="output checkpoint (.safetensors)")
     p.set_defaults(func=run)
