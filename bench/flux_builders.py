@@ -53,7 +53,7 @@ _bootstrap_ternaryflux()
 
 from ternaryflux.core.checkpoint import METADATA_KEY, TernaryMetadata, layer_specs  # noqa: E402
 from ternaryflux.core.flux_layout import FluxConfig, ternary_layer_names  # noqa: E402
-from ternaryflux.core.flux_model import Flux  # noqa: E402
+from ternaryflux.core.flux_model import Flux, model_class  # noqa: E402
 from ternaryflux.core.packing import padded_k  # noqa: E402
 from ternaryflux.core.ternary_linear import TernaryLinear, set_submodule  # noqa: E402
 from ternaryflux.core.ternary_weight import check_group_size, round_scale_to_fp16  # noqa: E402
@@ -80,10 +80,13 @@ def _pack_lut(device: torch.device | str) -> torch.Tensor:
     return byte.to(torch.uint8).to(device)
 
 
-def _swap_in_ternary(model: Flux, group_size: int, bias_dtype: torch.dtype) -> list[str]:
-    """Replace every ternary-layer Linear of a meta model by a meta :class:`TernaryLinear`."""
+def _swap_in_ternary(
+    model: Flux, group_size: int, bias_dtype: torch.dtype, policy: str | None = None
+) -> list[str]:
+    """Replace every ternary-layer Linear of a meta model (FLUX.1 or FLUX.2; ``policy`` None =
+    the architecture's default) by a meta :class:`TernaryLinear`."""
     c = model.config
-    names = ternary_layer_names(c.depth, c.depth_single_blocks)
+    names = ternary_layer_names(c.depth, c.depth_single_blocks, c.architecture, policy)
     for name in names:
         old = model.get_submodule(name)
         assert isinstance(old, nn.Linear), name
@@ -100,11 +103,13 @@ def _swap_in_ternary(model: Flux, group_size: int, bias_dtype: torch.dtype) -> l
     return names
 
 
-def meta_ternary_flux(config: FluxConfig, dtype: torch.dtype = torch.bfloat16, group_size: int = 0) -> Flux:
-    """FLUX with ternary block Linears, every tensor on the meta device (shapes and dtypes only)."""
+def meta_ternary_flux(
+    config: FluxConfig, dtype: torch.dtype = torch.bfloat16, group_size: int = 0, policy: str | None = None
+) -> Flux:
+    """FLUX (or FLUX.2) with ternary Linears, every tensor on the meta device (shapes and dtypes only)."""
     with torch.device("meta"):
-        model = Flux(config, dtype=dtype)
-    _swap_in_ternary(model, group_size, dtype)
+        model = model_class(config)(config, dtype=dtype)
+    _swap_in_ternary(model, group_size, dtype, policy)
     return model
 
 
@@ -189,12 +194,12 @@ def model_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def param_counts(config: FluxConfig) -> dict[str, int]:
+def param_counts(config: FluxConfig, policy: str | None = None) -> dict[str, int]:
     """Logical parameter counts: total, ternary (block Linear weights) and the rest."""
     with torch.device("meta"):
-        model = Flux(config)
+        model = model_class(config)(config)
     total = sum(p.numel() for p in model.parameters())
-    names = ternary_layer_names(config.depth, config.depth_single_blocks)
+    names = ternary_layer_names(config.depth, config.depth_single_blocks, config.architecture, policy)
     ternary = sum(model.get_submodule(n).weight.numel() for n in names)
     return {"total": total, "ternary": ternary, "other": total - ternary}
 
@@ -240,13 +245,18 @@ def safetensors_file_size(
     return {"total": 8 + n + offset, "header": 8 + n, "data": offset}
 
 
-def default_metadata(config: FluxConfig, packing: str, group_size: int = 0) -> TernaryMetadata:
-    """The header a typical quantized FLUX.1 checkpoint carries (for the header estimate)."""
+def default_metadata(
+    config: FluxConfig, packing: str, group_size: int = 0, policy: str | None = None
+) -> TernaryMetadata:
+    """The header a typical quantized FLUX.1 / FLUX.2 checkpoint carries (for the header estimate)."""
+    flux2 = config.architecture == "flux2"
     return TernaryMetadata(
         packing=packing,
         group_size=group_size,
+        architecture=config.architecture,
+        ternary_policy=(policy or "blocks") if flux2 else policy,
         variant=config.variant,
-        source_name=f"flux1-{config.variant}.safetensors",
+        source_name=f"flux{'-2' if flux2 else '1'}-{config.variant}.safetensors",
         source_sha256="0" * 64,
         method="absmean",
     )
@@ -258,8 +268,10 @@ def checkpoint_file_size(
     group_size: int = 0,
     metadata: TernaryMetadata | None = None,
     dtype: torch.dtype = torch.bfloat16,
+    policy: str | None = None,
 ) -> dict[str, int]:
-    """Exact size of the TernaryFLUX checkpoint ``write_checkpoint`` writes for ``config``.
+    """Exact size of the TernaryFLUX checkpoint ``write_checkpoint`` writes for ``config``
+    (FLUX.1 or FLUX.2; ``policy`` None = the architecture's default ternary layers).
 
     The layer tensors of ``core.checkpoint.layer_specs`` (packed codes, float16 scales as the
     writer stores quantizer-made scales, int64 shapes), everything else (biases, embedders, norms, final layer) in ``dtype``, and the
@@ -268,8 +280,8 @@ def checkpoint_file_size(
     """
     if packing not in ("2bit", "base3"):
         raise ValueError(f"packing must be '2bit' or 'base3', got {packing!r}")
-    metadata = metadata or default_metadata(config, packing, group_size)
-    model = meta_ternary_flux(config, dtype, group_size)
+    metadata = metadata or default_metadata(config, packing, group_size, policy)
+    model = meta_ternary_flux(config, dtype, group_size, policy)
     ternary = {n: m for n, m in model.named_modules() if isinstance(m, TernaryLinear)}
     entries: list[tuple[str, torch.dtype, tuple[int, ...]]] = []
     parts = {"codes": 0, "scales": 0, "shapes": 0, "other": 0}
@@ -292,7 +304,7 @@ def checkpoint_file_size(
 def dense_file_size(config: FluxConfig, dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
     """Size of a plain safetensors file of the dense transformer in ``dtype`` (no metadata)."""
     with torch.device("meta"):
-        model = Flux(config, dtype=dtype)
+        model = model_class(config)(config, dtype=dtype)
     entries = [(k, t.dtype, tuple(t.shape)) for k, t in model.state_dict().items()]
     return safetensors_file_size(entries)
 

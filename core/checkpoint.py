@@ -29,7 +29,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..version import __version__
-from .flux_layout import is_ternary_layer
+from .flux_layout import ARCHITECTURES as FLUX_ARCHITECTURES
+from .flux_layout import POLICIES, architecture_of_keys
 from .packing import base3_to_2bit, packed_2bit_cols, packed_base3_cols, twobit_to_base3
 from .ternary_weight import TernaryWeight, num_groups
 
@@ -39,7 +40,7 @@ FORMAT_NAME = "ternaryflux"
 FORMAT_VERSION = 1
 METADATA_KEY = "ternaryflux"
 PACKINGS = ("2bit", "base3")
-ARCHITECTURES = ("flux", "generic")
+ARCHITECTURES = (*FLUX_ARCHITECTURES, "generic")  # flux (FLUX.1), flux2 (FLUX.2), generic
 _MAX_HEADER = 100 * 1024 * 1024
 LAYER_SUFFIXES = ("weight", "weight_scale", "weight_shape")  # + "bias" when the layer has one
 SCALE_DTYPE_ON_DISK = torch.float16  # quantizer-made scales are float16 values (round_scale_to_fp16)
@@ -70,9 +71,23 @@ class TernaryMetadata:
     tool_version: str = __version__
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
+    # which Linears are ternary (core.flux_layout.POLICIES); None = the architecture's default
+    # (FLUX.1: blocks+modulation, FLUX.2: blocks). Left out of the JSON when None, so files
+    # written before the field existed and FLUX.1 files with the default read the same.
+    ternary_policy: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        d = asdict(self)
+        if d["ternary_policy"] is None:
+            del d["ternary_policy"]
+        return json.dumps(d, sort_keys=True)
+
+    @property
+    def policy(self) -> str | None:
+        """The effective ternary policy (``None`` for ``generic`` files)."""
+        if self.architecture not in FLUX_ARCHITECTURES:
+            return None
+        return self.ternary_policy or FLUX_ARCHITECTURES[self.architecture].default_policy
 
     @classmethod
     def from_json(cls, text: str, path: str | os.PathLike = "<memory>") -> TernaryMetadata:
@@ -111,6 +126,10 @@ class TernaryMetadata:
         if not isinstance(self.group_size, int) or self.group_size < 0 or self.group_size % 128:
             raise TernaryFormatError(
                 path, f"group_size {self.group_size!r} must be 0 or a positive multiple of 128"
+            )
+        if self.ternary_policy is not None and self.ternary_policy not in POLICIES:
+            raise TernaryFormatError(
+                path, f"unknown ternary_policy {self.ternary_policy!r} (expected one of {POLICIES})"
             )
         if not isinstance(self.method, str) or not isinstance(self.method_params, dict):
             raise TernaryFormatError(path, "method must be a string and method_params an object")
@@ -205,10 +224,12 @@ def describe_file(path: str | os.PathLike) -> str:
         dtypes[header[k]["dtype"]] = dtypes.get(header[k]["dtype"], 0) + 1
     main = max(dtypes, key=dtypes.get) if dtypes else "no"
     stripped = [k.removeprefix("model.diffusion_model.") for k in keys]
+    flux = "FLUX.2" if architecture_of_keys(stripped) == "flux2" else "FLUX"
     if "img_in.weight" in stripped and any(k.startswith("double_blocks.") for k in stripped):
-        kind = "a plain FLUX transformer in BFL layout"
+        kind = f"a plain {flux} transformer in BFL layout"
     elif any(k.startswith("transformer_blocks.") for k in stripped) and "x_embedder.weight" in stripped:
-        kind = "a plain FLUX transformer in diffusers layout"
+        flux = "FLUX.2" if any("stream_modulation" in k for k in stripped) else "FLUX"
+        kind = f"a plain {flux} transformer in diffusers layout"
     else:
         kind = "a safetensors file that is not a FLUX transformer"
     return f"{kind} ({len(keys)} tensors, mostly {main}), not a TernaryFLUX checkpoint"
@@ -336,12 +357,24 @@ def validate_state_dict(
             path, "has TernaryFLUX metadata but no ternary layer (no '*.weight_scale' tensor)"
         )
     pset = set(prefixes)
+    arch = FLUX_ARCHITECTURES.get(meta.architecture)
+    if arch is not None:
+        found = architecture_of_keys(set(sd))
+        if found != arch.name:
+            raise TernaryFormatError(
+                path,
+                f"metadata says {arch.title} but the tensors are {FLUX_ARCHITECTURES[found].title}"
+                f" ({'has' if found == 'flux2' else 'lacks'} 'double_stream_modulation_img.lin.weight')",
+            )
     for k, t in sd.items():
         if k.endswith(".weight") and t.dtype == torch.uint8 and k[: -len(".weight")] not in pset:
             raise TernaryFormatError(path, f"missing scale for layer {k[:-7]!r} (no '{k[:-7]}.weight_scale')")
     for p in prefixes:
-        if meta.architecture == "flux" and not is_ternary_layer(p):
-            raise TernaryFormatError(path, f"unknown layer name {p!r}: not a ternary FLUX layer")
+        if arch is not None and not arch.is_ternary_layer(p, meta.policy):
+            raise TernaryFormatError(
+                path,
+                f"unknown layer name {p!r}: not a ternary {arch.title} layer under policy {meta.policy!r}",
+            )
         _, _, group_size = check_layer(sd, p, meta.packing, path)
         if group_size and meta.group_size and group_size != meta.group_size:
             g = sd[f"{p}.weight_scale"].shape[1]

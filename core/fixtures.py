@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from .flux_layout import FluxConfig
-from .flux_model import Flux
+from .flux_layout import Flux2Config, FluxConfig
+from .flux_model import Flux, model_class
 
 
 def tiny_flux_config(
@@ -41,6 +41,27 @@ def tiny_flux_config(
     )
 
 
+def tiny_flux2_config(
+    hidden: int = 128,
+    depth: int = 1,
+    depth_single: int = 1,
+    guidance: bool = False,
+    context_in_dim: int = 256,
+    mlp_ratio: float = 3.0,
+) -> Flux2Config:
+    """A FLUX.2 config ComfyUI can load (hidden a multiple of 128 = one head per 128); 128 latent
+    channels and patch 1 as in every FLUX.2. ``guidance=True`` is a tiny FLUX.2 dev."""
+    return Flux2Config(
+        context_in_dim=context_in_dim,
+        hidden_size=hidden,
+        mlp_ratio=mlp_ratio,
+        num_heads=hidden // 128,
+        depth=depth,
+        depth_single_blocks=depth_single,
+        guidance_embed=guidance,
+    )
+
+
 def _heavy_tailed(shape, gen: torch.Generator, df: float = 3.0) -> torch.Tensor:
     # Student-t via normal / sqrt(chi2/df), normalised to unit variance
     z = torch.randn(shape, generator=gen)
@@ -50,17 +71,18 @@ def _heavy_tailed(shape, gen: torch.Generator, df: float = 3.0) -> torch.Tensor:
 
 
 def make_flux_state_dict(
-    config: FluxConfig,
+    config: FluxConfig | Flux2Config,
     seed: int = 0,
     structured: bool = False,
     dtype: torch.dtype = torch.bfloat16,
     n_outliers: int = 4,
     outlier_gain: float = 20.0,
 ) -> dict[str, torch.Tensor]:
-    """Seeded BFL-layout weights for ``config`` (see module docstring for ``structured``)."""
+    """Seeded BFL-layout weights for ``config`` (FLUX.1 or FLUX.2; see module docstring for
+    ``structured``)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in Flux(config).state_dict().items()}
+        shapes = {k: tuple(v.shape) for k, v in model_class(config)(config).state_dict().items()}
     h = config.hidden_size
     outl = torch.randperm(h, generator=gen)[:n_outliers]
     sd: dict[str, torch.Tensor] = {}
@@ -83,25 +105,28 @@ def make_flux_state_dict(
         if structured and k.endswith(("mlp.0.weight", "linear1.weight")):
             rows = torch.randperm(shape[0], generator=gen)[: max(2, shape[0] // 128)]
             v[rows] *= 8.0
-        if "_mod.lin" in k or "modulation.lin" in k:
+        if "_mod.lin" in k or "modulation.lin" in k or "stream_modulation_" in k:
             v = v * (1.0 if k.endswith("bias") else 0.5)
         sd[k] = v.to(dtype).contiguous()
     return sd
 
 
 def make_tiny_flux(
-    config: FluxConfig | None = None, seed: int = 0, structured: bool = False, dtype=torch.float32
+    config: FluxConfig | Flux2Config | None = None,
+    seed: int = 0,
+    structured: bool = False,
+    dtype=torch.float32,
 ) -> Flux:
-    """A :class:`Flux` module with :func:`make_flux_state_dict` weights (bf16 values, like a
-    real FLUX checkpoint, held in ``dtype``)."""
+    """A :class:`Flux` (or ``Flux2``) module with :func:`make_flux_state_dict` weights (bf16
+    values, like a real FLUX checkpoint, held in ``dtype``)."""
     config = config or tiny_flux_config()
-    model = Flux(config, dtype=dtype)
+    model = model_class(config)(config, dtype=dtype)
     model.load_state_dict(make_flux_state_dict(config, seed, structured, torch.bfloat16))
     return model.eval()
 
 
 def make_flux_inputs(
-    config: FluxConfig,
+    config: FluxConfig | Flux2Config,
     batch: int = 1,
     height: int = 16,
     width: int = 16,
@@ -111,18 +136,21 @@ def make_flux_inputs(
 ) -> dict[str, torch.Tensor]:
     """Random ComfyUI-convention inputs for :meth:`Flux.forward_latent` (latent ``[B, C, H, W]``)."""
     gen = torch.Generator().manual_seed(seed)
+    flux2 = config.architecture == "flux2"  # patch 1, no pooled vector
     return {
-        "x": torch.randn(batch, config.in_channels // 4, height, width, generator=gen).to(dtype),
+        "x": torch.randn(batch, config.in_channels // (1 if flux2 else 4), height, width, generator=gen).to(
+            dtype
+        ),
         "timestep": torch.rand(batch, generator=gen).to(dtype),
         "context": torch.randn(batch, txt_len, config.context_in_dim, generator=gen).to(dtype),
-        "y": torch.randn(batch, config.vec_in_dim, generator=gen).to(dtype),
+        "y": None if flux2 else torch.randn(batch, config.vec_in_dim, generator=gen).to(dtype),
         "guidance": torch.full((batch,), 3.5, dtype=dtype) if config.guidance_embed else None,
     }
 
 
 def write_flux_fixture(
     path,
-    config: FluxConfig | None = None,
+    config: FluxConfig | Flux2Config | None = None,
     seed: int = 0,
     structured: bool = False,
     dtype: torch.dtype = torch.bfloat16,

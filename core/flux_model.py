@@ -12,139 +12,30 @@ integration tests compare it numerically against the host's own FLUX.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .flux_layout import FluxConfig, config_from_state_dict
-
-# ----------------------------------------------------------------------------- math
-
-
-def timestep_embedding(
-    t: Tensor, dim: int, max_period: float = 10_000, time_factor: float = 1000.0
-) -> Tensor:
-    """Sinusoidal embedding of ``t`` (in [0, 1] for FLUX; scaled by ``time_factor``): ``[B, dim]``."""
-    t = time_factor * t
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t[:, None].float() * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
-
-
-def rope(pos: Tensor, dim: int, theta: int) -> Tensor:
-    """Rotation matrices ``[B, L, dim/2, 2, 2]`` for positions ``pos`` ``[B, L]``."""
-    scale = torch.arange(0, dim, 2, dtype=torch.float64, device=pos.device) / dim
-    omega = 1.0 / (theta**scale)
-    out = pos.to(torch.float64).unsqueeze(-1) * omega
-    out = torch.stack([torch.cos(out), -torch.sin(out), torch.sin(out), torch.cos(out)], dim=-1)
-    return out.reshape(*out.shape[:-1], 2, 2).float()
-
-
-def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
-    x_ = x.float().reshape(*x.shape[:-1], -1, 1, 2)
-    out = freqs[..., 0] * x_[..., 0] + freqs[..., 1] * x_[..., 1]
-    return out.reshape(*x.shape).type_as(x)
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor, pe: Tensor) -> Tensor:
-    """Joint attention with RoPE: q, k, v ``[B, H, L, D]`` -> ``[B, L, H*D]``."""
-    q, k = apply_rope(q, pe), apply_rope(k, pe)
-    x = F.scaled_dot_product_attention(q, k, v)
-    b, h, seq, d = x.shape
-    return x.transpose(1, 2).reshape(b, seq, h * d)
-
-
-class EmbedND(nn.Module):
-    def __init__(self, theta: int, axes_dim: tuple[int, ...]):
-        super().__init__()
-        self.theta = theta
-        self.axes_dim = tuple(axes_dim)
-
-    def forward(self, ids: Tensor) -> Tensor:
-        emb = torch.cat([rope(ids[..., i], d, self.theta) for i, d in enumerate(self.axes_dim)], dim=-3)
-        return emb.unsqueeze(1)
-
-
-# ----------------------------------------------------------------------------- layers
-
-
-class MLPEmbedder(nn.Module):
-    def __init__(self, in_dim: int, hidden_dim: int, device=None, dtype=None):
-        super().__init__()
-        self.in_layer = nn.Linear(in_dim, hidden_dim, device=device, dtype=dtype)
-        self.silu = nn.SiLU()
-        self.out_layer = nn.Linear(hidden_dim, hidden_dim, device=device, dtype=dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.out_layer(self.silu(self.in_layer(x)))
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, device=None, dtype=None):
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
-
-    def forward(self, x: Tensor) -> Tensor:
-        dt = x.dtype
-        xf = x.float()
-        rrms = torch.rsqrt(torch.mean(xf**2, dim=-1, keepdim=True) + 1e-6)
-        return (xf * rrms).to(dt) * self.scale.to(dt)
-
-
-class QKNorm(nn.Module):
-    def __init__(self, dim: int, device=None, dtype=None):
-        super().__init__()
-        self.query_norm = RMSNorm(dim, device, dtype)
-        self.key_norm = RMSNorm(dim, device, dtype)
-
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        return self.query_norm(q).to(v), self.key_norm(k).to(v)
-
-
-class SelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, device=None, dtype=None):
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, device=device, dtype=dtype)
-        self.norm = QKNorm(dim // num_heads, device, dtype)
-        self.proj = nn.Linear(dim, dim, device=device, dtype=dtype)
-
-
-def split_qkv(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``[B, L, 3*H*D]`` -> three ``[B, H, L, D]`` tensors."""
-    b, seq, _ = qkv.shape
-    q, k, v = qkv.view(b, seq, 3, num_heads, -1).permute(2, 0, 3, 1, 4)
-    return q, k, v
-
-
-@dataclass
-class ModulationOut:
-    shift: Tensor
-    scale: Tensor
-    gate: Tensor
-
-
-class Modulation(nn.Module):
-    def __init__(self, dim: int, double: bool, device=None, dtype=None):
-        super().__init__()
-        self.multiplier = 6 if double else 3
-        self.lin = nn.Linear(dim, self.multiplier * dim, bias=True, device=device, dtype=dtype)
-
-    def forward(self, vec: Tensor) -> tuple[ModulationOut, ModulationOut | None]:
-        out = self.lin(F.silu(vec))[:, None, :].chunk(self.multiplier, dim=-1)
-        return ModulationOut(*out[:3]), ModulationOut(*out[3:]) if self.multiplier == 6 else None
-
-
-def _layer_norm(x: Tensor) -> Tensor:
-    return F.layer_norm(x, x.shape[-1:], eps=1e-6)
+from .flux_layers import (  # noqa: F401  (re-exported: the FLUX.1 model's pieces)
+    EmbedND,
+    LastLayer,
+    MLPEmbedder,
+    Modulation,
+    ModulationOut,
+    QKNorm,
+    RMSNorm,
+    SelfAttention,
+    apply_rope,
+    attention,
+    layer_norm,
+    patchify,
+    rope,
+    split_qkv,
+    timestep_embedding,
+    unpatchify,
+)
+from .flux_layout import Flux2Config, FluxConfig, config_from_state_dict
 
 
 class DoubleStreamBlock(nn.Module):
@@ -172,11 +63,11 @@ class DoubleStreamBlock(nn.Module):
         img_m1, img_m2 = self.img_mod(vec)
         txt_m1, txt_m2 = self.txt_mod(vec)
         img_q, img_k, img_v = split_qkv(
-            self.img_attn.qkv((1 + img_m1.scale) * _layer_norm(img) + img_m1.shift), self.num_heads
+            self.img_attn.qkv((1 + img_m1.scale) * layer_norm(img) + img_m1.shift), self.num_heads
         )
         img_q, img_k = self.img_attn.norm(img_q, img_k, img_v)
         txt_q, txt_k, txt_v = split_qkv(
-            self.txt_attn.qkv((1 + txt_m1.scale) * _layer_norm(txt) + txt_m1.shift), self.num_heads
+            self.txt_attn.qkv((1 + txt_m1.scale) * layer_norm(txt) + txt_m1.shift), self.num_heads
         )
         txt_q, txt_k = self.txt_attn.norm(txt_q, txt_k, txt_v)
         attn = attention(
@@ -187,9 +78,9 @@ class DoubleStreamBlock(nn.Module):
         )
         txt_a, img_a = attn[:, : txt.shape[1]], attn[:, txt.shape[1] :]
         img = img + img_m1.gate * self.img_attn.proj(img_a)
-        img = img + img_m2.gate * self.img_mlp((1 + img_m2.scale) * _layer_norm(img) + img_m2.shift)
+        img = img + img_m2.gate * self.img_mlp((1 + img_m2.scale) * layer_norm(img) + img_m2.shift)
         txt = txt + txt_m1.gate * self.txt_attn.proj(txt_a)
-        txt = txt + txt_m2.gate * self.txt_mlp((1 + txt_m2.scale) * _layer_norm(txt) + txt_m2.shift)
+        txt = txt + txt_m2.gate * self.txt_mlp((1 + txt_m2.scale) * layer_norm(txt) + txt_m2.shift)
         return img, txt
 
 
@@ -208,25 +99,12 @@ class SingleStreamBlock(nn.Module):
 
     def forward(self, x: Tensor, vec: Tensor, pe: Tensor) -> Tensor:
         mod, _ = self.modulation(vec)
-        x_mod = (1 + mod.scale) * _layer_norm(x) + mod.shift
+        x_mod = (1 + mod.scale) * layer_norm(x) + mod.shift
         qkv, mlp = torch.split(self.linear1(x_mod), [3 * self.hidden_size, self.mlp_hidden_dim], dim=-1)
         q, k, v = split_qkv(qkv, self.num_heads)
         q, k = self.norm(q, k, v)
         attn = attention(q, k, v, pe)
         return x + mod.gate * self.linear2(torch.cat((attn, self.mlp_act(mlp)), dim=2))
-
-
-class LastLayer(nn.Module):
-    def __init__(self, hidden: int, out_channels: int, device=None, dtype=None):
-        super().__init__()
-        self.linear = nn.Linear(hidden, out_channels, bias=True, device=device, dtype=dtype)
-        self.adaLN_modulation = nn.Sequential(
-            nn.SiLU(), nn.Linear(hidden, 2 * hidden, device=device, dtype=dtype)
-        )
-
-    def forward(self, x: Tensor, vec: Tensor) -> Tensor:
-        shift, scale = self.adaLN_modulation(vec).chunk(2, dim=1)
-        return self.linear((1 + scale[:, None, :]) * _layer_norm(x) + shift[:, None, :])
 
 
 # ----------------------------------------------------------------------------- model
@@ -246,19 +124,34 @@ class Flux(nn.Module):
         self.vector_in = MLPEmbedder(c.vec_in_dim, c.hidden_size, **kw)
         self.guidance_in = MLPEmbedder(256, c.hidden_size, **kw) if c.guidance_embed else nn.Identity()
         self.txt_in = nn.Linear(c.context_in_dim, c.hidden_size, **kw)
-        self.double_blocks = nn.ModuleList(
-            DoubleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.qkv_bias, **kw)
-            for _ in range(c.depth)
-        )
+        self.double_blocks = nn.ModuleList(self.new_double_block(c, **kw) for _ in range(c.depth))
         self.single_blocks = nn.ModuleList(
-            SingleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio, **kw)
-            for _ in range(c.depth_single_blocks)
+            self.new_single_block(c, **kw) for _ in range(c.depth_single_blocks)
         )
         self.final_layer = LastLayer(c.hidden_size, c.out_channels, **kw)
 
     @property
     def dtype(self) -> torch.dtype:
         return self.img_in.weight.dtype
+
+    # -- how the streaming tool builds and calls one block (same hooks on Flux2) ---------
+    @staticmethod
+    def new_double_block(c: FluxConfig, **kw) -> DoubleStreamBlock:
+        return DoubleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.qkv_bias, **kw)
+
+    @staticmethod
+    def new_single_block(c: FluxConfig, **kw) -> SingleStreamBlock:
+        return SingleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio, **kw)
+
+    @staticmethod
+    def double_args(s: Mapping[str, Tensor]) -> tuple[Tensor, ...]:
+        """A double block's positional inputs from an :meth:`embed` stream."""
+        return s["img"], s["txt"], s["vec"], s["pe"]
+
+    @staticmethod
+    def single_args(s: Mapping[str, Tensor]) -> tuple[Tensor, ...]:
+        """A single block's positional inputs (``x`` = text and image tokens joined)."""
+        return s["x"], s["vec"], s["pe"]
 
     # -- pieces, exposed so the tool can run block by block ---------------------------
     def embed_vector(self, timesteps: Tensor, y: Tensor | None, guidance: Tensor | None) -> Tensor:
@@ -345,31 +238,20 @@ class Flux(nn.Module):
         return unpatchify(out, h, w, x.shape[-2], x.shape[-1])
 
 
-def patchify(x: Tensor, patch: int = 2) -> tuple[Tensor, Tensor, tuple[int, int]]:
-    """Latent ``[B, C, H, W]`` -> tokens ``[B, h*w, C*4]``, position ids ``[B, h*w, 3]``, (h, w)."""
-    b, c, hh, ww = x.shape
-    pad_h, pad_w = (-hh) % patch, (-ww) % patch
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular")
-    h, w = x.shape[-2] // patch, x.shape[-1] // patch
-    img = x.reshape(b, c, h, patch, w, patch).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * patch * patch)
-    ids = torch.zeros(h, w, 3, device=x.device, dtype=torch.float32)
-    ids[..., 1] = torch.arange(h, device=x.device, dtype=torch.float32)[:, None]
-    ids[..., 2] = torch.arange(w, device=x.device, dtype=torch.float32)[None, :]
-    return img, ids.reshape(1, h * w, 3).expand(b, -1, -1), (h, w)
+def model_class(config: FluxConfig | Flux2Config) -> type[nn.Module]:
+    """The model of a config: :class:`Flux` (FLUX.1) or :class:`~.flux2_model.Flux2` (FLUX.2)."""
+    if config.architecture == "flux2":
+        from .flux2_model import Flux2
 
-
-def unpatchify(tokens: Tensor, h: int, w: int, hh: int, ww: int, patch: int = 2) -> Tensor:
-    b, _, cpp = tokens.shape
-    c = cpp // (patch * patch)
-    x = tokens.reshape(b, h, w, c, patch, patch).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h * patch, w * patch)
-    return x[:, :, :hh, :ww]
+        return Flux2
+    return Flux
 
 
 def flux_from_state_dict(
     sd: Mapping[str, Tensor], dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
-) -> Flux:
-    """Build a :class:`Flux` from a BFL-layout state dict, dense or ternary.
+) -> nn.Module:
+    """Build a :class:`Flux` (or, for FLUX.2 keys, a :class:`~.flux2_model.Flux2`) from a
+    BFL-layout state dict, dense or ternary.
 
     The model is created on the meta device (no dense allocation), ternary layers (those with a
     ``weight_scale`` entry) become :class:`~.ternary_linear.TernaryLinear`, and every tensor is
@@ -379,7 +261,7 @@ def flux_from_state_dict(
 
     config = config_from_state_dict(sd)
     with torch.device("meta"):
-        model = Flux(config, dtype=dtype or torch.float32)
+        model = model_class(config)(config, dtype=dtype or torch.float32)
     replace_with_ternary_from_state_dict(model, sd)
     tensors = {}
     for k, v in sd.items():
@@ -388,6 +270,6 @@ def flux_from_state_dict(
     missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     if missing or unexpected:
         raise KeyError(
-            f"state dict does not match FLUX {config}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"state dict does not match {config.__class__.__name__} {config}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return model.eval()

@@ -109,9 +109,10 @@ def load_ternary_model(
     """Read a TernaryFLUX checkpoint and build its MODEL. Also ``cached_patcher_init`` target
     (ComfyUI calls it with ``disable_dynamic=True`` to rebuild a fresh copy)."""
     ckpt = load_checkpoint(path)
-    if ckpt.metadata.architecture != "flux":
+    if ckpt.metadata.architecture not in ("flux", "flux2"):
         raise TernaryFormatError(
-            path, f"architecture is {ckpt.metadata.architecture!r}; Load Ternary FLUX needs 'flux'"
+            path,
+            f"architecture is {ckpt.metadata.architecture!r}; Load Ternary FLUX needs 'flux' (FLUX.1) or 'flux2' (FLUX.2)",
         )
     patcher = build_ternary_model(ckpt.state_dict, ckpt.metadata, options, source=path)
     patcher.cached_patcher_init = (load_ternary_model, (path, options))

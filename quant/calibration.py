@@ -11,6 +11,7 @@ import torch
 
 from ..core.calibration_data import CalibrationSample, read_calibration, read_calibration_info
 from ..core.checkpoint import TernaryFormatError
+from ..core.flux_layout import ARCHITECTURES, Flux2Config, FluxConfig
 from .errors import QuantizeError
 
 log = logging.getLogger(__name__)
@@ -52,19 +53,24 @@ def load_calibration(
     return samples, summary
 
 
-def check_calibration_fits(
-    samples: Sequence[CalibrationSample], in_channels: int, context_dim: int, vec_dim: int
-) -> None:
+def check_calibration_fits(samples: Sequence[CalibrationSample], config: FluxConfig | Flux2Config) -> None:
+    """The samples were recorded with a model of this shape (latent channels, text width, pooled
+    vector); FLUX.1 data for a FLUX.2 model (or the reverse) fails here with one sentence."""
     s = samples[0]
-    if s.x.shape[1] * 4 != in_channels:
+    title = ARCHITECTURES[config.architecture].title
+    context_dim, vec_dim = config.context_in_dim, config.vec_in_dim
+    if s.x.shape[1] != config.latent_channels:
+        other = " (FLUX.2 latents have 128 channels, FLUX.1 latents 16)" if s.x.shape[1] in (16, 128) else ""
         raise QuantizeError(
-            f"calibration latents have {s.x.shape[1]} channels but this FLUX takes {in_channels // 4}: "
-            "record calibration data with the same model"
+            f"calibration latents have {s.x.shape[1]} channels but this {title} takes {config.latent_channels}"
+            f"{other}: record calibration data with the same model"
         )
     if s.context.shape[-1] != context_dim:
         raise QuantizeError(
-            f"calibration context has width {s.context.shape[-1]}, this FLUX expects {context_dim}"
+            f"calibration context has width {s.context.shape[-1]}, this {title} expects {context_dim}"
         )
+    if vec_dim is None:
+        return  # FLUX.2 has no pooled vector: a recorded one is ignored
     if s.y is not None and s.y.shape[-1] != vec_dim:
         raise QuantizeError(
             f"calibration pooled vector has width {s.y.shape[-1]}, this FLUX expects {vec_dim}"

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from ..core.calibration_data import CalibrationSample
 from ..core.checkpoint import METADATA_KEY, TernaryMetadata, layer_specs, layer_tensors
-from ..core.flux_layout import FluxConfig, is_ternary_layer
-from ..core.flux_model import DoubleStreamBlock, Flux, SingleStreamBlock
+from ..core.flux_layout import ARCHITECTURES, Flux2Config, FluxConfig, architecture
+from ..core.flux_model import model_class
 from ..core.ternarize import ternarize_with_error
 from ..core.ternary_weight import check_group_size
 from .algorithms import TernaryConfig, quantize_
@@ -86,19 +86,29 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def model_key_order(config: FluxConfig) -> list[str]:
+def model_key_order(config: FluxConfig | Flux2Config) -> list[str]:
     with torch.device("meta"):
-        return list(Flux(config).state_dict())
+        return list(model_class(config)(config).state_dict())
+
+
+def stored_policy(arch: str, policy: str | None) -> str | None:
+    """The ``ternary_policy`` a checkpoint records: FLUX.2 files always name theirs; FLUX.1 files
+    leave the default (``blocks+modulation``) implicit, byte for byte as before the field existed."""
+    a = architecture(arch)
+    policy = policy or a.default_policy
+    return None if arch == "flux" and policy == a.default_policy else policy
 
 
 def output_specs(
-    src: SourceModel, group_size: int, packing: str
+    src: SourceModel, group_size: int, packing: str, policy: str | None = None
 ) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
-    """(name, dtype, shape) of every output tensor, in writing order (the model's key order)."""
+    """(name, dtype, shape) of every output tensor, in writing order (the model's key order);
+    ``policy`` (default: the architecture's) says which Linears are ternary."""
+    arch = architecture(src.config.architecture)
     specs = []
     for key in model_key_order(src.config):
         prefix = key[: -len(".weight")] if key.endswith(".weight") else None
-        if prefix is not None and is_ternary_layer(prefix):
+        if prefix is not None and arch.is_ternary_layer(prefix, policy):
             n, k = src.shapes[key]
             check_group_size(k, group_size)
             specs += layer_specs(prefix, (n, k), group_size, packing)
@@ -154,9 +164,13 @@ def quantize_flux(
     hash_source: bool = True,
     progress: bool = True,
     on_layer: Callable[[int, int], None] | None = None,
+    policy: str | None = None,
 ) -> dict[str, Any]:
-    """Quantize the FLUX ``src`` into the checkpoint ``out`` (a file path, or a
+    """Quantize the FLUX ``src`` (FLUX.1 or FLUX.2) into the checkpoint ``out`` (a file path, or a
     :class:`~.writer.MemoryWriter` that keeps the tensors in memory); returns the JSON report.
+
+    ``policy``: which Linears become ternary (``blocks`` / ``blocks+modulation``, see
+    :mod:`~ternaryflux.core.flux_layout`); ``None`` = the architecture's default.
 
     ``on_layer(done, total)`` is called after every ternary layer (e.g. a GUI progress bar; it
     may raise to cancel, and then ``out`` is left untouched)."""
@@ -169,7 +183,11 @@ def quantize_flux(
     t_start = time.perf_counter()
     hasher = FileHasher(src.files) if hash_source and isinstance(src, SourceModel) else None
     try:
-        specs = output_specs(src, config.group_size, packing)
+        architecture(cfg.architecture).ternary_layer_names(0, 0, policy)
+    except ValueError as e:
+        raise QuantizeError(str(e)) from None
+    try:
+        specs = output_specs(src, config.group_size, packing, policy)
     except ValueError as e:
         raise QuantizeError(f"group size {config.group_size}: {e}") from None
     if config.method == "calibrated" and not calibration:
@@ -179,7 +197,8 @@ def quantize_flux(
     meta = TernaryMetadata(
         packing=packing,
         group_size=config.group_size,
-        architecture="flux",
+        architecture=cfg.architecture,
+        ternary_policy=stored_policy(cfg.architecture, policy),
         variant=src.variant,
         source_name=src.files[0].name if len(src.files) == 1 else src.files[0].parent.name,
         source_sha256=_SHA_PLACEHOLDER if hasher else None,
@@ -228,6 +247,8 @@ def quantize_flux(
         "source_dtype": DTYPE_NAMES.get(src.main_dtype(), src.main_dtype()),
         "source_sha256": digest,
         "variant": src.variant,
+        "architecture": cfg.architecture,
+        "ternary_policy": policy or architecture(cfg.architecture).default_policy,
         "config": cfg.to_dict(),
         "method": config.method,
         "method_params": config.params(),
@@ -315,15 +336,15 @@ class TensorSource(FluxShapes):
         return t.clone()
 
 
-def check_tensor_source(src: TensorSource) -> FluxConfig:
+def check_tensor_source(src: TensorSource) -> FluxConfig | Flux2Config:
     """The source's FLUX config; every tensor of that FLUX must be present (extra ones are
     ignored, as :func:`quantize_flux` writes only the model's keys)."""
     try:
         cfg = src.config
     except (KeyError, ValueError) as e:
-        raise QuantizeError(f"{src.name}: not a FLUX.1 transformer ({e})") from None
+        raise QuantizeError(f"{src.name}: not a FLUX.1 or FLUX.2 transformer ({e})") from None
     with torch.device("meta"):
-        want = {k: tuple(v.shape) for k, v in Flux(cfg).state_dict().items()}
+        want = {k: tuple(v.shape) for k, v in model_class(cfg)(cfg).state_dict().items()}
     missing = sorted(set(want) - set(src.shapes))
     if missing:
         raise QuantizeError(f"{src.name}: {len(missing)} FLUX tensors missing, e.g. {missing[:3]}")
@@ -335,8 +356,9 @@ def check_tensor_source(src: TensorSource) -> FluxConfig:
     extra = sorted(set(src.shapes) - set(want))
     if extra:
         log.warning(
-            "%s: %d tensors that FLUX.1 does not have are not written, e.g. %s",
+            "%s: %d tensors that %s does not have are not written, e.g. %s",
             src.name,
+            ARCHITECTURES[cfg.architecture].title,
             len(extra),
             extra[:3],
         )
@@ -353,6 +375,7 @@ def quantize_flux_tensors(
     device: str | None = "auto",
     progress: bool = False,
     on_layer: Callable[[int, int], None] | None = None,
+    policy: str | None = None,
 ) -> dict[str, Any]:
     """:func:`quantize_flux` for a FLUX in memory (a BFL state dict or a :class:`TensorSource`):
     the same recipe, tensors and file as ``ternaryflux quantize`` on a file holding the same
@@ -367,7 +390,7 @@ def quantize_flux_tensors(
     if calibration:
         from .calibration import check_calibration_fits
 
-        check_calibration_fits(calibration, cfg.in_channels, cfg.context_in_dim, cfg.vec_in_dim)
+        check_calibration_fits(calibration, cfg)
     return quantize_flux(
         src,
         out,
@@ -379,31 +402,44 @@ def quantize_flux_tensors(
         hash_source=False,
         progress=progress,
         on_layer=on_layer,
+        policy=policy,
     )
 
 
+def _ternary_prefixes(emitter: _Emitter) -> set[str]:
+    """The layers the output stores ternary (those with a scale in the header)."""
+    return {n[: -len(".weight_scale")] for n in emitter.specs if n.endswith(".weight_scale")}
+
+
+def _emit_data_free(src, name: str, method: str, group_size: int, packing, emitter, dev, layers, bar) -> None:
+    """Ternarize one layer without data and emit its tensors."""
+    prefix = name[: -len(".weight")]
+    t0 = time.perf_counter()
+    w = src.get(name, dtype=None).to(dev)
+    tw, err = ternarize_with_error(w, method, group_size)
+    del w
+    for k, v in layer_tensors(prefix, tw, packing).items():
+        emitter.add(k, v)
+    layers.append(
+        {
+            "layer": prefix,
+            "shape": list(tw.shape),
+            "choice": method,
+            "weight_rel_err": err,
+            "seconds": time.perf_counter() - t0,
+        }
+    )
+    bar.update(1)
+
+
 def _quantize_data_free(src, config, packing, emitter, dev, layers, bar) -> None:
+    ternary = _ternary_prefixes(emitter)
     for name, _dt, _shp in list(emitter.writer.specs):
         if name.endswith((".weight_scale", ".weight_shape")):
             continue
         prefix = name[: -len(".weight")] if name.endswith(".weight") else None
-        if prefix is not None and is_ternary_layer(prefix):
-            t0 = time.perf_counter()
-            w = src.get(name, dtype=None).to(dev)
-            tw, err = ternarize_with_error(w, config.method, config.group_size)
-            del w
-            for k, v in layer_tensors(prefix, tw, packing).items():
-                emitter.add(k, v)
-            layers.append(
-                {
-                    "layer": prefix,
-                    "shape": list(tw.shape),
-                    "choice": config.method,
-                    "weight_rel_err": err,
-                    "seconds": time.perf_counter() - t0,
-                }
-            )
-            bar.update(1)
+        if prefix is not None and prefix in ternary:
+            _emit_data_free(src, name, config.method, config.group_size, packing, emitter, dev, layers, bar)
         else:
             emitter.add(name, src.get(name))
 
@@ -416,12 +452,20 @@ def _load_module(
     return module.to(dev).float().eval()
 
 
+# Ternary layers outside the blocks (FLUX.2's global modulation under ``blocks+modulation``) have
+# no block output to calibrate against: they are rounded without data by this method, and the
+# blocks are calibrated on the float modulation (the float model's block inputs).
+OUTSIDE_BLOCKS_METHOD = "twn"
+
+
 def _quantize_calibrated(
-    src, cfg: FluxConfig, config, packing, calibration, emitter, dev, layers, bar
+    src, cfg: FluxConfig | Flux2Config, config, packing, calibration, emitter, dev, layers, bar
 ) -> None:
+    cls = model_class(cfg)
+    ternary = _ternary_prefixes(emitter)
     # --- embedders (small): float inputs of the first block for every calibration sample
     with torch.device("meta"):
-        skeleton = Flux(cfg, dtype=torch.float32)
+        skeleton = cls(cfg, dtype=torch.float32)
     emb_keys = [
         k
         for k in model_key_order(cfg)
@@ -429,10 +473,15 @@ def _quantize_calibrated(
     ]
     skeleton.load_state_dict({k: src.get(k).to(dev) for k in emb_keys}, strict=False, assign=True)
     for k in emb_keys:
-        emitter.add(k, src.get(k))
+        if k.endswith(".weight") and k[: -len(".weight")] in ternary:
+            _emit_data_free(
+                src, k, OUTSIDE_BLOCKS_METHOD, config.group_size, packing, emitter, dev, layers, bar
+            )
+        else:
+            emitter.add(k, src.get(k))
     streams = []
     for s in calibration:
-        streams.append(skeleton.embed(**Flux.latent_to_tokens(**s.as_inputs(dev, torch.float32))))
+        streams.append(skeleton.embed(**cls.latent_to_tokens(**s.as_inputs(dev, torch.float32))))
     del skeleton
 
     sequential = config.block_inputs == "sequential"
@@ -479,14 +528,12 @@ def _quantize_calibrated(
     for i in range(cfg.depth):
         prefix = f"double_blocks.{i}."
         with torch.device("meta"):
-            block = DoubleStreamBlock(cfg.hidden_size, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, **kw)
+            block = cls.new_double_block(cfg, **kw)
         names = [
-            n
-            for n, m in block.named_modules()
-            if isinstance(m, torch.nn.Linear) and is_ternary_layer(prefix + n)
+            n for n, m in block.named_modules() if isinstance(m, torch.nn.Linear) and prefix + n in ternary
         ]
 
-        target, tout = do_block(prefix, block, lambda s: (s["img"], s["txt"], s["vec"], s["pe"]), names)
+        target, tout = do_block(prefix, block, cls.double_args, names)
         for ss, out in ((streams, target), (tstreams, tout)) if sequential else ((streams, target),):
             for j, s in enumerate(ss):
                 s["img"], s["txt"] = out[2 * j], out[2 * j + 1]
@@ -496,14 +543,12 @@ def _quantize_calibrated(
     for i in range(cfg.depth_single_blocks):
         prefix = f"single_blocks.{i}."
         with torch.device("meta"):
-            block = SingleStreamBlock(cfg.hidden_size, cfg.num_heads, cfg.mlp_ratio, **kw)
+            block = cls.new_single_block(cfg, **kw)
         names = [
-            n
-            for n, m in block.named_modules()
-            if isinstance(m, torch.nn.Linear) and is_ternary_layer(prefix + n)
+            n for n, m in block.named_modules() if isinstance(m, torch.nn.Linear) and prefix + n in ternary
         ]
 
-        target, tout = do_block(prefix, block, lambda s: (s["x"], s["vec"], s["pe"]), names)
+        target, tout = do_block(prefix, block, cls.single_args, names)
         for ss, out in ((streams, target), (tstreams, tout)) if sequential else ((streams, target),):
             for j, s in enumerate(ss):
                 s["x"] = out[j]

@@ -8,7 +8,7 @@ Accepted inputs
   encoder tensors in the same file are ignored).
 * **diffusers layout** (``transformer/diffusion_pytorch_model.safetensors``), one file or sharded
   with ``*.safetensors.index.json`` (pass the index, a shard, or the folder). Keys are mapped to
-  BFL on the fly (the ``_D_*`` tables below): q/k/v projections are concatenated into ``qkv``, a
+  BFL on the fly (the ``DIFFUSERS_*`` tables below, FLUX.1 and FLUX.2): q/k/v projections are concatenated into ``qkv``, a
   single block's ``linear1`` is ``cat(to_q, to_k, to_v, proj_mlp)``, ``linear2`` is ``proj_out``,
   RMSNorm ``weight`` becomes ``scale``, and ``norm_out.linear`` has its (scale, shift) halves
   swapped into BFL's (shift, scale) order.
@@ -36,7 +36,13 @@ from pathlib import Path
 import torch
 
 from ..core.checkpoint import METADATA_KEY, TernaryFormatError, read_safetensors_header
-from ..core.flux_layout import FluxConfig, config_from_shapes
+from ..core.flux_layout import (
+    ARCHITECTURES,
+    Flux2Config,
+    FluxConfig,
+    architecture_of_keys,
+    config_from_shapes,
+)
 from .errors import QuantizeError
 
 log = logging.getLogger(__name__)
@@ -132,17 +138,24 @@ def _not_safetensors_message(path: Path, problem: str) -> str:
 
 # ----------------------------------------------------------------------------- diffusers mapping
 
-# diffusers FLUX transformer key (without ".weight"/".bias") -> BFL module path, per block.
-_D_DOUBLE_SIMPLE = {
-    "norm1.linear": "img_mod.lin",
-    "norm1_context.linear": "txt_mod.lin",
-    "attn.to_out.0": "img_attn.proj",
-    "attn.to_add_out": "txt_attn.proj",
-    "ff.net.0.proj": "img_mlp.0",
-    "ff.net.2": "img_mlp.2",
-    "ff_context.net.0.proj": "txt_mlp.0",
-    "ff_context.net.2": "txt_mlp.2",
-}
+# diffusers key (without ".weight"/".bias") -> BFL module path, per architecture and per block.
+
+
+@dataclass(frozen=True)
+class DiffusersNames:
+    """How one architecture's diffusers transformer names map to BFL keys."""
+
+    top: dict[str, str]  # copied as is
+    swap: dict[str, str]  # (scale, shift) halves exchanged into BFL's (shift, scale)
+    double_simple: dict[str, str]
+    double_norms: dict[str, str]
+    double_cat: dict[str, tuple[str, ...]]  # BFL <- parts concatenated along the output dim
+    single_simple: dict[str, str]
+    single_norms: dict[str, str]
+    single_cat: dict[str, tuple[str, ...]]
+    detect: str  # a diffusers key only this architecture has
+
+
 _D_DOUBLE_NORMS = {
     "attn.norm_q.weight": "img_attn.norm.query_norm.scale",
     "attn.norm_k.weight": "img_attn.norm.key_norm.scale",
@@ -153,21 +166,75 @@ _D_DOUBLE_CAT = {
     "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
     "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
 }
-_D_SINGLE_SIMPLE = {"norm.linear": "modulation.lin", "proj_out": "linear2"}
 _D_SINGLE_NORMS = {"attn.norm_q.weight": "norm.query_norm.scale", "attn.norm_k.weight": "norm.key_norm.scale"}
-_D_SINGLE_CAT = {"linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")}
-_D_TOP_SIMPLE = {
-    "x_embedder": "img_in",
-    "context_embedder": "txt_in",
-    "time_text_embed.timestep_embedder.linear_1": "time_in.in_layer",
-    "time_text_embed.timestep_embedder.linear_2": "time_in.out_layer",
-    "time_text_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
-    "time_text_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
-    "time_text_embed.text_embedder.linear_1": "vector_in.in_layer",
-    "time_text_embed.text_embedder.linear_2": "vector_in.out_layer",
-    "proj_out": "final_layer.linear",
-}
-_D_SWAP = {"norm_out.linear": "final_layer.adaLN_modulation.1"}
+
+DIFFUSERS_FLUX1 = DiffusersNames(
+    top={
+        "x_embedder": "img_in",
+        "context_embedder": "txt_in",
+        "time_text_embed.timestep_embedder.linear_1": "time_in.in_layer",
+        "time_text_embed.timestep_embedder.linear_2": "time_in.out_layer",
+        "time_text_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
+        "time_text_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
+        "time_text_embed.text_embedder.linear_1": "vector_in.in_layer",
+        "time_text_embed.text_embedder.linear_2": "vector_in.out_layer",
+        "proj_out": "final_layer.linear",
+    },
+    swap={"norm_out.linear": "final_layer.adaLN_modulation.1"},
+    double_simple={
+        "norm1.linear": "img_mod.lin",
+        "norm1_context.linear": "txt_mod.lin",
+        "attn.to_out.0": "img_attn.proj",
+        "attn.to_add_out": "txt_attn.proj",
+        "ff.net.0.proj": "img_mlp.0",
+        "ff.net.2": "img_mlp.2",
+        "ff_context.net.0.proj": "txt_mlp.0",
+        "ff_context.net.2": "txt_mlp.2",
+    },
+    double_norms=_D_DOUBLE_NORMS,
+    double_cat=_D_DOUBLE_CAT,
+    single_simple={"norm.linear": "modulation.lin", "proj_out": "linear2"},
+    single_norms=_D_SINGLE_NORMS,
+    single_cat={"linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")},
+    detect="time_text_embed.timestep_embedder.linear_1.weight",
+)
+# Flux2Transformer2DModel (diffusers): global modulation, SwiGLU feed-forwards, fused single-block
+# projections; names from diffusers' transformer_flux2.py (see docs/FORMAT.md).
+DIFFUSERS_FLUX2 = DiffusersNames(
+    top={
+        "x_embedder": "img_in",
+        "context_embedder": "txt_in",
+        "time_guidance_embed.timestep_embedder.linear_1": "time_in.in_layer",
+        "time_guidance_embed.timestep_embedder.linear_2": "time_in.out_layer",
+        "time_guidance_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
+        "time_guidance_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
+        "double_stream_modulation_img.linear": "double_stream_modulation_img.lin",
+        "double_stream_modulation_txt.linear": "double_stream_modulation_txt.lin",
+        "single_stream_modulation.linear": "single_stream_modulation.lin",
+        "proj_out": "final_layer.linear",
+    },
+    swap={"norm_out.linear": "final_layer.adaLN_modulation.1"},
+    double_simple={
+        "attn.to_out.0": "img_attn.proj",
+        "attn.to_add_out": "txt_attn.proj",
+        "ff.linear_in": "img_mlp.0",
+        "ff.linear_out": "img_mlp.2",
+        "ff_context.linear_in": "txt_mlp.0",
+        "ff_context.linear_out": "txt_mlp.2",
+    },
+    double_norms=_D_DOUBLE_NORMS,
+    double_cat=_D_DOUBLE_CAT,
+    single_simple={"attn.to_qkv_mlp_proj": "linear1", "attn.to_out": "linear2"},
+    single_norms=_D_SINGLE_NORMS,
+    single_cat={},
+    detect="double_stream_modulation_img.linear.weight",
+)
+DIFFUSERS_NAMES = {"flux": DIFFUSERS_FLUX1, "flux2": DIFFUSERS_FLUX2}
+
+
+def diffusers_architecture(keys) -> str:
+    """``"flux2"`` for a diffusers Flux2Transformer2DModel state dict, else ``"flux"``."""
+    return "flux2" if DIFFUSERS_FLUX2.detect in keys else "flux"
 
 
 @dataclass
@@ -179,19 +246,30 @@ class Recipe:
     op: str = "copy"
 
 
-def _bfl_recipes_for_diffusers(keys: set[str]) -> dict[str, Recipe]:
+def check_output_concat(where: str, name: str, shapes: list[tuple[int, ...]]) -> None:
+    """Parts joined along the output dimension (q, k, v -> qkv) must share every other dimension:
+    then each row keeps its input-dimension scale groups, and a per-group ternary layer made from
+    the parts is the per-group layer of the joined weight."""
+    if len({tuple(s[1:]) for s in shapes}) != 1:
+        raise QuantizeError(
+            f"{where}: cannot concatenate the parts of {name!r} along the output dimension: shapes {shapes}"
+        )
+
+
+def diffusers_recipes(keys: set[str]) -> dict[str, Recipe]:
     out: dict[str, Recipe] = {}
     used: set[str] = set()
+    names = DIFFUSERS_NAMES[diffusers_architecture(keys)]
 
     def add(bfl: str, srcs: list[str], op: str = "copy") -> None:
         if all(s in keys for s in srcs):
             out[bfl] = Recipe(srcs, op)
             used.update(srcs)
 
-    for d, b in _D_TOP_SIMPLE.items():
+    for d, b in names.top.items():
         for suf in ("weight", "bias"):
             add(f"{b}.{suf}", [f"{d}.{suf}"])
-    for d, b in _D_SWAP.items():
+    for d, b in names.swap.items():
         for suf in ("weight", "bias"):
             add(f"{b}.{suf}", [f"{d}.{suf}"], "swap")
     doubles = sorted({int(m.group(1)) for k in keys if (m := re.match(r"transformer_blocks\.(\d+)\.", k))})
@@ -200,22 +278,22 @@ def _bfl_recipes_for_diffusers(keys: set[str]) -> dict[str, Recipe]:
     )
     for i in doubles:
         p, q = f"transformer_blocks.{i}.", f"double_blocks.{i}."
-        for d, b in _D_DOUBLE_SIMPLE.items():
+        for d, b in names.double_simple.items():
             for suf in ("weight", "bias"):
                 add(f"{q}{b}.{suf}", [f"{p}{d}.{suf}"])
-        for d, b in _D_DOUBLE_NORMS.items():
+        for d, b in names.double_norms.items():
             add(q + b, [p + d])
-        for b, parts in _D_DOUBLE_CAT.items():
+        for b, parts in names.double_cat.items():
             for suf in ("weight", "bias"):
                 add(f"{q}{b}.{suf}", [f"{p}{s}.{suf}" for s in parts], "cat")
     for i in singles:
         p, q = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
-        for d, b in _D_SINGLE_SIMPLE.items():
+        for d, b in names.single_simple.items():
             for suf in ("weight", "bias"):
                 add(f"{q}{b}.{suf}", [f"{p}{d}.{suf}"])
-        for d, b in _D_SINGLE_NORMS.items():
+        for d, b in names.single_norms.items():
             add(q + b, [p + d])
-        for b, parts in _D_SINGLE_CAT.items():
+        for b, parts in names.single_cat.items():
             for suf in ("weight", "bias"):
                 add(f"{q}{b}.{suf}", [f"{p}{s}.{suf}" for s in parts], "cat")
     leftover = sorted(k for k in keys - used if not k.endswith((".scale_weight", ".scale_input")))
@@ -235,12 +313,17 @@ class FluxShapes:
     shapes: dict[str, tuple[int, ...]]
 
     @property
-    def config(self) -> FluxConfig:
+    def config(self) -> FluxConfig | Flux2Config:
         return config_from_shapes(self.shapes)
 
     @property
     def variant(self) -> str:
-        return "dev" if "guidance_in.in_layer.weight" in self.shapes else "schnell"
+        return self.config.variant
+
+    @property
+    def architecture(self) -> str:
+        """``"flux"`` (FLUX.1) or ``"flux2"`` (FLUX.2), from the keys."""
+        return architecture_of_keys(self.shapes)
 
 
 @dataclass
@@ -381,10 +464,10 @@ def open_source(path: str | Path) -> SourceModel:
         k.startswith(("transformer_blocks.", "single_transformer_blocks.")) for k in skeys
     ):
         layout = "diffusers"
-        recipes = _bfl_recipes_for_diffusers(skeys)
+        recipes = diffusers_recipes(skeys)
     else:
         raise QuantizeError(
-            f"{files[0]}: {_describe_non_flux(skeys)}; expected a FLUX.1 transformer (BFL, diffusers or ComfyUI layout)"
+            f"{files[0]}: {_describe_non_flux(skeys)}; expected a FLUX.1 or FLUX.2 transformer (BFL, diffusers or ComfyUI layout)"
         )
     # re-attach the prefix to source keys
     recipes = {k: Recipe([stripped_map[s] for s in r.sources], r.op) for k, r in recipes.items()}
@@ -405,8 +488,7 @@ def open_source(path: str | Path) -> SourceModel:
                 "(GGUF / bitsandbytes / int8 checkpoints are not supported)"
             )
         if r.op == "cat":
-            if len({s[1:] for s in shapes}) != 1:
-                raise QuantizeError(f"{files[0]}: cannot concatenate {r.sources} into {k!r}: shapes {shapes}")
+            check_output_concat(str(files[0]), k, shapes)
             shape = (sum(s[0] for s in shapes), *shapes[0][1:])
         else:
             shape = shapes[0]
@@ -438,20 +520,21 @@ def _describe_non_flux(keys: set[str]) -> str:
     return f"a safetensors file with {len(keys)} tensors that is not a FLUX transformer"
 
 
-def _check_shapes(src: SourceModel, cfg: FluxConfig, where: Path) -> None:
-    from ..core.flux_model import Flux
+def _check_shapes(src: SourceModel, cfg: FluxConfig | Flux2Config, where: Path) -> None:
+    from ..core.flux_model import model_class
 
     with torch.device("meta"):
-        want = {k: tuple(v.shape) for k, v in Flux(cfg).state_dict().items()}
+        want = {k: tuple(v.shape) for k, v in model_class(cfg)(cfg).state_dict().items()}
+    title = ARCHITECTURES[cfg.architecture].title
     missing = [k for k in want if k not in src.shapes]
     if missing:
         raise QuantizeError(
-            f"{where}: incomplete FLUX checkpoint: missing {len(missing)} tensors, e.g. {missing[:3]}"
+            f"{where}: incomplete {title} checkpoint: missing {len(missing)} tensors, e.g. {missing[:3]}"
         )
     for k, shp in want.items():
         if src.shapes[k] != shp:
             raise QuantizeError(
-                f"{where}: tensor {k!r} has shape {src.shapes[k]}, expected {shp} for {cfg.variant} FLUX"
+                f"{where}: tensor {k!r} has shape {src.shapes[k]}, expected {shp} for {cfg.variant} {title}"
             )
     extra = sorted(set(src.shapes) - set(want))
     for k in extra:
@@ -500,46 +583,45 @@ class FileHasher:
 
 
 def bfl_to_diffusers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The inverse of the diffusers -> BFL mapping (used by tests and to document it): splits
-    ``qkv`` / ``linear1`` and swaps ``final_layer.adaLN_modulation.1`` back."""
+    """The inverse of the diffusers -> BFL mapping, FLUX.1 or FLUX.2 (used by tests and to
+    document it): splits ``qkv`` / FLUX.1's ``linear1`` and swaps ``final_layer.adaLN_modulation.1``
+    back."""
+    names = DIFFUSERS_NAMES[architecture_of_keys(sd)]
     out: dict[str, torch.Tensor] = {}
     hidden = sd["img_in.weight"].shape[0]
-    inv_top = {b: d for d, b in _D_TOP_SIMPLE.items()}
+    inv_top = {b: d for d, b in names.top.items()}
+    inv_swap = {b: d for d, b in names.swap.items()}
+    blocks = {
+        "double_blocks": ("transformer_blocks", names.double_simple, names.double_norms, names.double_cat),
+        "single_blocks": (
+            "single_transformer_blocks",
+            names.single_simple,
+            names.single_norms,
+            names.single_cat,
+        ),
+    }
     for k, v in sd.items():
         mod, _, suf = k.rpartition(".")
         if mod in inv_top:
             out[f"{inv_top[mod]}.{suf}"] = v
-        elif mod == "final_layer.adaLN_modulation.1":
+        elif mod in inv_swap:
             a, b = v.chunk(2, 0)
-            out[f"norm_out.linear.{suf}"] = torch.cat([b, a], 0)
-        elif m := re.match(r"double_blocks\.(\d+)\.(.+)$", k):
-            i, rest = m.groups()
-            p = f"transformer_blocks.{i}."
+            out[f"{inv_swap[mod]}.{suf}"] = torch.cat([b, a], 0)
+        elif m := re.match(r"(double_blocks|single_blocks)\.(\d+)\.(.+)$", k):
+            kind, i, rest = m.groups()
+            dname, simple, norms, cat = blocks[kind]
+            p = f"{dname}.{i}."
             rmod, _, rsuf = rest.rpartition(".")
-            inv = {b: d for d, b in _D_DOUBLE_SIMPLE.items()}
-            invn = {b: d for d, b in _D_DOUBLE_NORMS.items()}
+            inv = {b: d for d, b in simple.items()}
+            invn = {b: d for d, b in norms.items()}
             if rmod in inv:
                 out[f"{p}{inv[rmod]}.{rsuf}"] = v
             elif rest in invn:
                 out[p + invn[rest]] = v
-            elif rmod in _D_DOUBLE_CAT:
-                for name, part in zip(_D_DOUBLE_CAT[rmod], v.chunk(3, 0)):
-                    out[f"{p}{name}.{rsuf}"] = part.contiguous()
-            else:
-                raise KeyError(k)
-        elif m := re.match(r"single_blocks\.(\d+)\.(.+)$", k):
-            i, rest = m.groups()
-            p = f"single_transformer_blocks.{i}."
-            rmod, _, rsuf = rest.rpartition(".")
-            inv = {b: d for d, b in _D_SINGLE_SIMPLE.items()}
-            invn = {b: d for d, b in _D_SINGLE_NORMS.items()}
-            if rmod in inv:
-                out[f"{p}{inv[rmod]}.{rsuf}"] = v
-            elif rest in invn:
-                out[p + invn[rest]] = v
-            elif rmod == "linear1":
-                sizes = [hidden, hidden, hidden, v.shape[0] - 3 * hidden]
-                for name, part in zip(_D_SINGLE_CAT["linear1"], v.split(sizes, 0)):
+            elif rmod in cat:
+                parts = cat[rmod]
+                sizes = [hidden] * 3 + ([v.shape[0] - 3 * hidden] if len(parts) == 4 else [])
+                for name, part in zip(parts, v.split(sizes, 0)):
                     out[f"{p}{name}.{rsuf}"] = part.contiguous()
             else:
                 raise KeyError(k)

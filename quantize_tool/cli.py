@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "cmd_distill",
     "cmd_eval",
     "cmd_convert",
+    "cmd_import",
 ]
 
 log = logging.getLogger("ternaryflux")

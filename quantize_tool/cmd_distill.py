@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         raise ToolError(f"{args.student} does not fit {args.teacher}: {student.config} vs {teacher.config}")
     samples, summary = load_calibration(args.calibration)
     c = teacher.config
-    check_calibration_fits(samples, c.in_channels, c.context_in_dim, c.vec_in_dim)
+    check_calibration_fits(samples, c)
     held = load_calibration(args.heldout)[0] if args.heldout else None
     names = make_student(student, teacher)
     cfg = DistillConfig(

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     teacher = flux_from_state_dict(src.state_dict(), dtype=torch.float32, device=dev)
     samples, summary = load_calibration(args.heldout, args.max_samples)
     c = teacher.config
-    check_calibration_fits(samples, c.in_channels, c.context_in_dim, c.vec_in_dim)
+    check_calibration_fits(samples, c)
     results = {}
     for path in args.student:
         ckpt = load_checkpoint(path)

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..core.calibration_data import CALIBRATION_KEY
 from ..core.checkpoint import METADATA_KEY, TernaryMetadata, describe_file
-from ..core.flux_layout import config_from_shapes, is_ternary_layer
+from ..core.flux_layout import ARCHITECTURES, config_from_shapes, is_ternary_layer
 from ..quant.sources import COMFY_PREFIX, DTYPE_NAMES, SafetensorsReader, open_source, resolve_files
 from .args import FORMATTER, ToolError
 from .report import format_table, human_bytes
@@ -80,7 +80,8 @@ def inspect_file(path: Path) -> dict[str, Any]:
         cfg = config_from_shapes({k: v for k, v in shapes.items()})
         info.update(
             kind="ternaryflux",
-            architecture="FLUX.1",
+            architecture=ARCHITECTURES[cfg.architecture].title,
+            ternary_policy=meta.policy,
             variant=cfg.variant,
             layout="BFL",
             config=cfg.to_dict(),
@@ -103,11 +104,12 @@ def inspect_file(path: Path) -> dict[str, Any]:
         total += n
         dt = DTYPE_NAMES.get(src.dtypes[k], src.dtypes[k])
         dtypes[dt] = dtypes.get(dt, 0) + n
-        if k.endswith(".weight") and is_ternary_layer(k[: -len(".weight")]):
+        if k.endswith(".weight") and is_ternary_layer(k[: -len(".weight")], cfg.architecture):
             ternary += n
     info.update(
         kind="float",
-        architecture="FLUX.1",
+        architecture=ARCHITECTURES[cfg.architecture].title,
+        default_ternary_policy=ARCHITECTURES[cfg.architecture].default_policy,
         variant=src.variant,
         layout=src.layout,
         key_prefix=src.prefix or None,
@@ -141,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(["ternaryflux inspect", ""], rows))
         return 0
     c = info["config"]
-    arch = f"FLUX.1-{info['variant']}: hidden {c['hidden_size']}, {c['num_heads']} heads, {c['depth']} double + {c['depth_single_blocks']} single blocks"
+    arch = f"{info['architecture']}-{info['variant']}: hidden {c['hidden_size']}, {c['num_heads']} heads, {c['depth']} double + {c['depth_single_blocks']} single blocks"
     if info["kind"] == "ternaryflux":
         m = info["metadata"]
         frac = info["params_ternary"] / max(info["params_total"], 1)
@@ -152,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
                 "parameters",
                 f"{info['params_total']:,} ({info['params_ternary']:,} ternary = {100 * frac:.1f}%)",
             ],
-            ["ternary layers", info["ternary_layers"]],
+            ["ternary layers", f"{info['ternary_layers']} (policy {info['ternary_policy']})"],
             [
                 "float params by dtype",
                 ", ".join(f"{k} {v:,}" for k, v in info["dtypes_of_float_params"].items()),
@@ -178,7 +180,10 @@ def run(args: argparse.Namespace) -> int:
             ["key layout", layout],
             ["dtypes", ", ".join(f"{k} {v:,}" for k, v in info["dtypes"].items())],
             ["parameters", f"{info['params_total']:,}"],
-            ["would be ternary", f"{info['params_ternarizable']:,} ({100 * frac:.1f}%)"],
+            [
+                "would be ternary",
+                f"{info['params_ternarizable']:,} ({100 * frac:.1f}%, policy {info['default_ternary_policy']})",
+            ],
             ["next step", f"ternaryflux quantize {args.file} -o OUT.safetensors"],
         ]
     print(format_table(["ternaryflux inspect", ""], rows))

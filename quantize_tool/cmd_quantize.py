@@ -1,8 +1,10 @@
-"""``ternaryflux quantize``: float FLUX in, TernaryFLUX checkpoint out.
+"""``ternaryflux quantize``: float FLUX (FLUX.1 or FLUX.2) in, TernaryFLUX checkpoint out.
 
-Every Linear inside the double and single blocks becomes ternary ({-1, 0, +1} codes with one
-float scale per output channel, or per group of --group-size inputs); embedders, the final
-layer, norms and biases keep their precision. The source is streamed tensor by tensor and the
+The Linears inside the double and single blocks become ternary ({-1, 0, +1} codes with one
+float scale per output channel, or per group of --group-size inputs); the adaLN modulation
+Linears too for FLUX.1 (--ternary-layers blocks+modulation, its default), not for FLUX.2
+(default blocks, as Bonsai Image); embedders, the final layer, norms and biases keep their
+precision. The source is streamed tensor by tensor and the
 output written as it is produced, so memory stays at about one block (absmean runs on a 24 GB
 machine without GPU; a GPU is used when present).
 
@@ -15,14 +17,16 @@ Methods:
                gives the smallest error of the *block's output* is kept. Needs --calibration.
                Follow it with `ternaryflux distill` for the best quality.
 
-Inputs: BFL layout (flux1-dev.safetensors), ComfyUI checkpoints (model.diffusion_model.*),
-diffusers (transformer/ folder, single or sharded with *.safetensors.index.json); bf16, fp16,
+Inputs: BFL layout (flux1-dev.safetensors, flux-2-klein-4b.safetensors), ComfyUI checkpoints (model.diffusion_model.*),
+diffusers (transformer/ folder, FluxTransformer2DModel or Flux2Transformer2DModel, single or
+sharded with *.safetensors.index.json); bf16, fp16,
 fp32 or fp8. Writes OUT atomically plus a JSON report (per-layer error, sizes, time, memory).
 
 Examples:
   ternaryflux quantize flux1-dev.safetensors -o flux1-dev-ternary.safetensors
   ternaryflux quantize FLUX.1-dev/transformer --method calibrated \\
       --calibration calib/*.safetensors --calib-samples 32 -o flux1-dev-ternary-cal.safetensors
+  ternaryflux quantize FLUX.2-klein-4B/transformer --group-size 128 -o flux2-klein-4b-ternary.safetensors
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..core.flux_layout import POLICIES
 from ..quant.algorithms import ALL_CANDIDATES, BLOCK_INPUTS, DEFAULT_CANDIDATES, TernaryConfig
 from ..quant.calibration import check_calibration_fits, load_calibration
 from ..quant.flux import quantize_flux
@@ -76,6 +81,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         help="0 = one scale per output channel (default); or a multiple of 128 dividing K (256 fits FLUX)",
+    )
+    p.add_argument(
+        "--ternary-layers",
+        choices=POLICIES,
+        default=None,
+        help="which Linears become ternary: blocks (attention + MLP; FLUX.2's default, Bonsai's choice) or "
+        "blocks+modulation (also the adaLN modulation; FLUX.1's default, the 1.58-bit FLUX paper's); "
+        "recorded in the checkpoint",
     )
     p.add_argument(
         "--at-rest",
@@ -141,11 +154,16 @@ def run(args: argparse.Namespace) -> int:
             )
         samples, summary = load_calibration(args.calibration, args.calib_samples, args.seed)
         c = src.config
-        check_calibration_fits(samples, c.in_channels, c.context_in_dim, c.vec_in_dim)
+        check_calibration_fits(samples, c)
     elif args.calibration:
         log.warning("--calibration is ignored by --method %s", args.method)
     log.info(
-        "source: %s, %s layout, %s FLUX (%s)", args.source, src.layout_name, src.variant, src.main_dtype()
+        "source: %s, %s layout, %s %s (%s)",
+        args.source,
+        src.layout_name,
+        src.variant,
+        {"flux": "FLUX.1", "flux2": "FLUX.2"}[src.architecture],
+        src.main_dtype(),
     )
     report = quantize_flux(
         src,
@@ -157,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         hash_source=not args.no_hash,
         progress=not args.no_progress,
+        policy=args.ternary_layers,
     )
     report_path = args.report or default_report_path(args.out)
     write_json(report_path, report)
