@@ -23,6 +23,9 @@ Examples:
   ternaryflux quantize flux1-dev.safetensors -o flux1-dev-ternary.safetensors
   ternaryflux quantize FLUX.1-dev/transformer --method calibrated \\
       --calibration calib/*.safetensors --calib-samples 32 -o flux1-dev-ternary-cal.safetensors
+  # every file the Record Calibration node wrote (a folder), options in any order:
+  ternaryflux quantize --method calibrated --calibration ComfyUI/output/ternaryflux_calibration \\
+      -o flux1-dev-ternary-cal.safetensors flux1-dev.safetensors
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import logging
 from pathlib import Path
 
 from .algorithms import ALL_CANDIDATES, DEFAULT_CANDIDATES, TernaryConfig
+from .cli_paths import expand_calibration_paths, is_calibration_file
 from .common import (
     FORMATTER,
     add_device_arg,
@@ -59,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "source",
         type=Path,
+        nargs="?",  # checked in run(): a clear message when --calibration swallowed it
         help="float FLUX: .safetensors file, *.safetensors.index.json, or a diffusers transformer folder",
     )
     p.add_argument("-o", "--out", type=Path, required=True, help="output checkpoint (.safetensors)")
@@ -72,9 +77,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--calibration",
         type=Path,
         nargs="+",
+        action="extend",
         default=None,
-        metavar="FILE",
-        help="calibration files (for calibrated)",
+        metavar="FILE_OR_DIR",
+        help="calibration files or folders (a folder = every .safetensors in it, e.g. "
+        "ComfyUI/output/ternaryflux_calibration); repeatable (for calibrated)",
     )
     p.add_argument(
         "--calib-samples", type=int, default=32, help="use at most this many calibration samples (default 32)"
@@ -117,6 +124,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.source is None and args.calibration and len(args.calibration) > 1:
+        # `--calibration rec/*.safetensors flux1-dev.safetensors`: nargs='+' took the source too;
+        # take it back when the last path is clearly not a calibration file
+        last = args.calibration[-1]
+        if last.exists() and not is_calibration_file(last):
+            args.source = last
+            args.calibration = args.calibration[:-1]
+            log.info("source: %s (given after the --calibration files)", last)
+    if args.source is None:
+        hint = ""
+        if args.calibration and len(args.calibration) > 1:
+            hint = (
+                f" (--calibration takes every path after it, so {str(args.calibration[-1])!r} was read as "
+                "a calibration file: put the source before --calibration, or pass the calibration folder)"
+            )
+        raise ToolError("quantize needs the float FLUX source: ternaryflux quantize SOURCE -o OUT" + hint)
     if args.out.resolve() == args.source.resolve():
         raise ToolError("-o must differ from the source")
     src = open_source(args.source)
@@ -135,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
                 "--method calibrated needs --calibration FILE... (record it with the Record Calibration node in ComfyUI, "
                 "or `ternaryflux calibrate`)"
             )
-        samples, summary = load_calibration(args.calibration, args.calib_samples, args.seed)
+        calib_files = expand_calibration_paths(args.calibration)
+        samples, summary = load_calibration(calib_files, args.calib_samples, args.seed)
         c = src.config
         check_calibration_fits(samples, c.in_channels, c.context_in_dim, c.vec_in_dim)
     elif args.calibration:
