@@ -771,7 +771,7 @@ def test_calibrated_ternarize_is_the_tools_recipe(host: Host, tmp_path: Path):
 
 
 def test_suite_time_budget(host: Host):
-    assert host.elapsed < 480, f"host run took {host.elapsed:.0f} s"
+    assert host.elapsed < 300, f"host run took {host.elapsed:.0f} s (the suite must stay within 5 min)"
 
 
 # ----------------------------------------------------------------------------- compatibility matrix
