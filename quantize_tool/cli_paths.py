@@ -33,3 +33,18 @@ def expand_calibration_paths(paths: list[Path], flag: str = "--calibration") -> 
         else:
             out.append(p)
     return out
+
+
+def add_overwrite_arg(p) -> None:
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace output files that already exist (default: refuse)"
+    )
+
+
+def refuse_existing(*paths: Path | None, overwrite: bool) -> None:
+    """The CLI's rule, the same as the Save node's: an existing output is an error unless --overwrite."""
+    if overwrite:
+        return
+    for p in paths:
+        if p is not None and p.exists():
+            raise ToolError(f"{p} already exists; pick another name or pass --overwrite to replace it")

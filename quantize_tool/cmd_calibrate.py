@@ -26,6 +26,7 @@ Held-out splits are by trajectory (prompt), so eval never sees a step of a calib
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 from importlib import resources
 from pathlib import Path
@@ -35,6 +36,7 @@ from tqdm import tqdm
 
 from ..core.calibration_data import CalibrationSample, write_calibration
 from ..core.flux_model import flux_from_state_dict
+from .cli_paths import add_overwrite_arg, refuse_existing
 from .common import FORMATTER, add_device_arg, add_progress_arg, load_calibration
 from .errors import ToolError
 from .flux_quantize import resolve_device
@@ -94,9 +96,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--heldout-fraction",
         type=float,
         default=0.0,
-        help="fraction split off for eval (needs --heldout-out)",
+        help="fraction of the prompts split off for eval (needs --heldout-out); the split is by prompt: "
+        "recorded samples with the same conditioning (one prompt's steps, in any file) and each sampled "
+        "trajectory stay on one side",
     )
     p.add_argument("--heldout-out", type=Path, default=None, help="where the held-out part goes")
+    add_overwrite_arg(p)
     p.add_argument("--seed", type=int, default=0)
     add_device_arg(p)
     add_progress_arg(p)
@@ -108,6 +113,19 @@ def builtin_prompts() -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
 
 
+def group_by_conditioning(samples: list[CalibrationSample]) -> list[list[CalibrationSample]]:
+    """Recorded samples grouped by prompt: the same text conditioning (context and pooled ``y``,
+    byte for byte) is one group, whichever file or step it was recorded at. A held-out split then
+    never shares a prompt with the calibration part."""
+    groups: dict[str, list[CalibrationSample]] = {}
+    for s in samples:
+        h = hashlib.sha256(s.context.detach().float().cpu().contiguous().numpy().tobytes())
+        if s.y is not None:
+            h.update(s.y.detach().float().cpu().contiguous().numpy().tobytes())
+        groups.setdefault(h.hexdigest(), []).append(s)
+    return list(groups.values())
+
+
 def _split(
     groups: list[list[CalibrationSample]], fraction: float, seed: int
 ) -> tuple[list[CalibrationSample], list[CalibrationSample]]:
@@ -116,7 +134,8 @@ def _split(
     n_hold = max(1, round(len(groups) * fraction))
     if n_hold >= len(groups):
         raise ToolError(
-            f"--heldout-fraction {fraction} leaves nothing for calibration ({len(groups)} trajectories/samples)"
+            f"--heldout-fraction {fraction} leaves nothing for calibration ({len(groups)} prompts/trajectories; "
+            "the split is by prompt, so record more prompts)"
         )
     perm = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed + 1)).tolist()
     hold = set(perm[:n_hold])
@@ -152,15 +171,16 @@ def run(args: argparse.Namespace) -> int:
         raise ToolError("--heldout-fraction must be in [0, 1)")
     if bool(args.recorded) == bool(args.model):
         raise ToolError("give either --recorded FILE... or --model FLUX (with --t5/--clip or --synthetic)")
+    refuse_existing(args.out, args.heldout_out, overwrite=args.overwrite)
     if args.recorded:
         samples, summary = load_calibration(args.recorded, args.max_samples, args.seed)
-        groups = [[s] for s in samples]
+        groups = group_by_conditioning(samples)
         info = {"source": "recorded", "files": [f["file"] for f in summary["files"]]}
     else:
         groups, info = _from_prompts(args)
     cal, held = _split(groups, args.heldout_fraction, args.seed)
     write_calibration(args.out, cal, {**info, "split": "calibration"})
-    rows = [["calibration", f"{len(cal)} samples -> {args.out}"]]
+    rows = [["prompts (split unit)", str(len(groups))], ["calibration", f"{len(cal)} samples -> {args.out}"]]
     if held:
         write_calibration(args.heldout_out, held, {**info, "split": "heldout"})
         rows.append(["held out", f"{len(held)} samples -> {args.heldout_out}"])

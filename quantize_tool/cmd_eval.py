@@ -14,13 +14,22 @@ Examples:
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
-from ..core.checkpoint import load_checkpoint
+from ..core.checkpoint import is_ternary_file, load_checkpoint
 from ..core.flux_model import flux_from_state_dict
-from .common import FORMATTER, add_device_arg, check_calibration_fits, load_calibration, write_json
+from .common import (
+    FORMATTER,
+    add_device_arg,
+    add_progress_arg,
+    check_calibration_fits,
+    load_calibration,
+    write_json,
+)
 from .errors import ToolError
 from .evaluate import compare_models
 from .flux_quantize import resolve_device
@@ -43,11 +52,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-samples", type=int, default=None, help="use at most N samples")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     add_device_arg(p)
+    add_progress_arg(p)
     p.set_defaults(func=run)
+
+
+class _WithProgress(Sequence):
+    """The held-out samples, iterated with a tqdm bar (one step per sample and student)."""
+
+    def __init__(self, items: list, desc: str, enabled: bool) -> None:
+        self.items, self.desc, self.enabled = items, desc, enabled
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+    def __iter__(self):
+        yield from tqdm(self.items, desc=self.desc, unit="sample", disable=not self.enabled, leave=False)
 
 
 def run(args: argparse.Namespace) -> int:
     dev = resolve_device(args.device)
+    if args.teacher.is_file() and is_ternary_file(args.teacher):
+        raise ToolError(
+            f"--teacher {args.teacher}: a TernaryFLUX checkpoint; eval compares against the float FLUX it "
+            "was made from (give that as --teacher, the ternary files as --student)"
+        )
     src = open_source(args.teacher)
     teacher = flux_from_state_dict(src.state_dict(), dtype=torch.float32, device=dev)
     samples, summary = load_calibration(args.heldout, args.max_samples)
@@ -59,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         student = flux_from_state_dict(ckpt.state_dict, dtype=torch.float32, device=dev)
         if student.config != teacher.config:
             raise ToolError(f"{path} does not fit {args.teacher}: different architecture")
-        r = compare_models(teacher, student, samples, dev)
+        seq = _WithProgress(samples, f"eval {Path(path).name}", not args.no_progress)
+        r = compare_models(teacher, student, seq, dev)
         r["method"] = ckpt.metadata.method
         results[str(path)] = r
     names = [b["block"] for b in next(iter(results.values()))["blocks"]]

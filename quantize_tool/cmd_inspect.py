@@ -100,8 +100,11 @@ def inspect_file(path: Path) -> dict[str, Any]:
         return info
     try:
         src = open_source(path)
-    except ToolError:
-        raise ToolError(f"{path}: {describe_file(files[0])}") from None
+    except ToolError as e:
+        what = describe_file(files[0])
+        if "plain FLUX transformer" in what:  # a FLUX whose layout was recognised: say what is wrong with it
+            raise
+        raise ToolError(f"{path}: {what} ({e})") from None
     cfg = src.config
     dtypes = {}
     total = ternary = 0
