@@ -221,21 +221,42 @@ def _from_prompts(args: argparse.Namespace) -> tuple[list[list[CalibrationSample
     lat = args.size // 8
     tokens = (lat // 2) ** 2
     sigmas = flux_sigmas(args.steps, tokens, shift=cfg.guidance_embed)
-    groups = []
-    for prompt in tqdm(chosen, desc="calibrate (trajectories)", disable=args.no_progress):
-        ctx, y = synthetic_conditioning(prompt, args.txt_len, cfg.context_in_dim, cfg.vec_in_dim)
-        noise = torch.randn(1, cfg.in_channels // 4, lat, lat, generator=g)
-        guid = torch.full((1,), args.guidance) if cfg.guidance_embed else None
-        recs, _ = euler_trajectory(
-            model,
-            noise.to(dev),
-            ctx.to(dev),
-            y.to(dev),
-            None if guid is None else guid.to(dev),
-            sigmas.to(dev),
-            record,
+    if dev.type == "cpu" and args.size > 512:
+        log.warning(
+            "sampling %d prompts x %d steps at %d px on the CPU takes minutes per prompt; for a pipeline "
+            "check pass --size 256 (real calibration data: record it in ComfyUI on a GPU)",
+            len(chosen),
+            args.steps,
+            args.size,
         )
-        groups.append(recs)
+    groups = []
+    # one tick per model call (Euler step), not per prompt: a 1024 px trajectory takes a while
+    bar = tqdm(
+        total=len(chosen) * args.steps, desc="calibrate (Euler steps)", unit="step", disable=args.no_progress
+    )
+
+    def _tick(*_) -> None:  # a forward hook must return None (a value would replace the output)
+        bar.update(1)
+
+    tick = model.img_in.register_forward_hook(_tick)
+    try:
+        for prompt in chosen:
+            ctx, y = synthetic_conditioning(prompt, args.txt_len, cfg.context_in_dim, cfg.vec_in_dim)
+            noise = torch.randn(1, cfg.in_channels // 4, lat, lat, generator=g)
+            guid = torch.full((1,), args.guidance) if cfg.guidance_embed else None
+            recs, _ = euler_trajectory(
+                model,
+                noise.to(dev),
+                ctx.to(dev),
+                y.to(dev),
+                None if guid is None else guid.to(dev),
+                sigmas.to(dev),
+                record,
+            )
+            groups.append(recs)
+    finally:
+        tick.remove()
+        bar.close()
     info = {
         "source": "synthetic" if args.synthetic else "prompts",
         "model": src.files[0].name,

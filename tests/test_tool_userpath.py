@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-
 from ternaryflux.core.calibration_data import read_calibration, write_calibration
 from ternaryflux.core.fixtures import make_flux_state_dict, tiny_flux_config
 from ternaryflux.quantize_tool.cli import default_threads, main, resolve_threads
@@ -60,10 +59,15 @@ def test_heldout_split_is_by_prompt_for_recorded_files(tiny, tmp_path):
         ]
     )
     assert rc == 0
-    cal, held = read_calibration(tmp_path / "cal.safetensors"), read_calibration(tmp_path / "held.safetensors")
+    cal, held = (
+        read_calibration(tmp_path / "cal.safetensors"),
+        read_calibration(tmp_path / "held.safetensors"),
+    )
     assert len(held) == 4 and len(cal) == 8  # one whole prompt (its 4 steps from 2 files) held out
     for h in held:
-        assert not any(torch.equal(h.context, c.context) for c in cal), "a held-out prompt is also in calibration"
+        assert not any(torch.equal(h.context, c.context) for c in cal), (
+            "a held-out prompt is also in calibration"
+        )
 
 
 def test_outputs_are_never_silently_replaced(tiny, tmp_path):
@@ -119,7 +123,9 @@ def test_interrupt_removes_temp_files_and_says_one_line(tiny, tmp_path, sig, rc)
         "--no-progress",
         "--no-hash",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path))
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path)
+    )
     _wait_for(lambda: any(out_dir.glob(".*.tmp")), 120, proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
@@ -185,7 +191,18 @@ def test_demo_leaves_nothing_in_tmp(tmp_path):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     r = subprocess.run(
-        [*TOOL, "demo", "--hidden", "128", "--depth", "1", "--depth-single", "1", "--calibration-prompts", "0"],
+        [
+            *TOOL,
+            "demo",
+            "--hidden",
+            "128",
+            "--depth",
+            "1",
+            "--depth-single",
+            "1",
+            "--calibration-prompts",
+            "0",
+        ],
         env=_env(tmp),
         capture_output=True,
         text=True,
@@ -229,3 +246,68 @@ def test_threads_option_and_default(tiny, monkeypatch):
         assert main(["inspect", str(tiny["model"]), "--threads", "0"]) == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_long_stages_show_progress_and_cpu_gets_a_size_warning(tiny, tmp_path):
+    """calibrate ticks per Euler step (not per prompt) and warns at 1024 px on the CPU; eval has a bar."""
+    r = subprocess.run(
+        [
+            *TOOL,
+            "calibrate",
+            "--model",
+            str(tiny["model"]),
+            "--synthetic",
+            "--num-prompts",
+            "1",
+            "--steps",
+            "4",
+        ]
+        + [
+            "--record-steps",
+            "0,2",
+            "--size",
+            "1024",
+            "--device",
+            "cpu",
+            "-o",
+            str(tmp_path / "c.safetensors"),
+        ],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "--size 256" in r.stderr and "4/4" in r.stderr, r.stderr
+    rec = str(tiny["rec"][0])
+    r = subprocess.run(
+        [*TOOL, "eval", "--teacher", str(tiny["model"]), "--student", str(tiny["ternary"]), "--heldout", rec],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0 and "eval t.safetensors" in r.stderr, r.stderr
+    r = subprocess.run(
+        [
+            *TOOL,
+            "eval",
+            "--teacher",
+            str(tiny["ternary"]),
+            "--student",
+            str(tiny["ternary"]),
+            "--heldout",
+            rec,
+        ],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "TernaryFLUX checkpoint" in r.stderr and "quantize" not in r.stderr, r.stderr
+
+
+def test_inspect_names_the_missing_tensor_of_a_flux_file(tmp_path, capsys):
+    sd = make_flux_state_dict(tiny_flux_config(), 0)
+    del sd["double_blocks.0.img_mlp.0.weight"]
+    save_file(sd, str(tmp_path / "broken.safetensors"))
+    assert main(["inspect", str(tmp_path / "broken.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and "not a TernaryFLUX checkpoint" not in err, err
