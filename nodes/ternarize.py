@@ -25,6 +25,8 @@ import torch
 from comfy_api.latest import io
 
 from ..core.checkpoint import TernaryMetadata, load_checkpoint
+from ..core.defaults import DEFAULT_METHOD
+from ..core.defaults import METHODS as _METHODS
 from ..core.flux_layout import is_ternary_layer
 from ..core.ternarize import ternarize
 from ..core.ternary_weight import TernaryWeight
@@ -38,7 +40,7 @@ from .model_build import KernelOptions, build_ternary_model, is_ternary_model
 log = logging.getLogger(__name__)
 
 CALIBRATION_FOLDER = "ternaryflux_calibration"
-METHODS = ("absmean", "twn", "calibrated")
+METHODS = _METHODS  # core/defaults.py: shared with the CLI
 GROUP_SIZES = {"per-channel": 0, "128": 128, "256": 256}
 NO_CALIBRATION = "none"
 
@@ -358,7 +360,7 @@ class TernarizeFlux(io.ComfyNode):
                 io.Combo.Input(
                     "method",
                     options=list(METHODS),
-                    default="absmean",
+                    default=DEFAULT_METHOD,
                     tooltip="absmean = BitNet b1.58 (data-free); twn = Ternary Weight Networks threshold (data-free); "
                     "calibrated = the `ternaryflux quantize --method calibrated` recipe (per layer, the candidate "
                     "giving the smallest block-output error on the calibration data), needs a calibration file.",

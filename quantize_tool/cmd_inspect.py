@@ -21,6 +21,7 @@ from typing import Any
 
 from ..core.calibration_data import CALIBRATION_KEY
 from ..core.checkpoint import METADATA_KEY, TernaryMetadata, describe_file
+from ..core.defaults import DEFAULT_METHOD, method_needs_calibration
 from ..core.flux_layout import config_from_shapes, is_ternary_layer
 from .common import FORMATTER
 from .errors import ToolError
@@ -131,6 +132,12 @@ def inspect_file(path: Path) -> dict[str, Any]:
     return info
 
 
+def next_step_hint(path) -> str:
+    """The quantize command for this file with the shared default method (core/defaults.py)."""
+    calib = " --calibration CALIBRATION_FILES" if method_needs_calibration(DEFAULT_METHOD) else ""
+    return f"ternaryflux quantize {path} --method {DEFAULT_METHOD}{calib} -o OUT.safetensors"
+
+
 def run(args: argparse.Namespace) -> int:
     info = inspect_file(args.file)
     if args.json:
@@ -189,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
             ["dtypes", ", ".join(f"{k} {v:,}" for k, v in info["dtypes"].items())],
             ["parameters", f"{info['params_total']:,}"],
             ["would be ternary", f"{info['params_ternarizable']:,} ({100 * frac:.1f}%)"],
-            ["next step", f"ternaryflux quantize {args.file} -o OUT.safetensors"],
+            ["next step", next_step_hint(args.file)],
         ]
     print(format_table(["ternaryflux inspect", ""], rows))
     return 0

@@ -34,6 +34,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..core.defaults import BASELINE_METHOD, DEFAULT_METHOD, METHODS
 from .algorithms import ALL_CANDIDATES, DEFAULT_CANDIDATES, TernaryConfig
 from .cli_paths import add_overwrite_arg, expand_calibration_paths, is_calibration_file, refuse_existing
 from .common import (
@@ -69,9 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", type=Path, required=True, help="output checkpoint (.safetensors)")
     p.add_argument(
         "--method",
-        choices=["absmean", "twn", "calibrated"],
-        default="absmean",
-        help="see above (default absmean)",
+        choices=list(METHODS),
+        default=DEFAULT_METHOD,
+        help=f"see above (default {DEFAULT_METHOD}; {BASELINE_METHOD} is the data-free baseline)",
     )
     p.add_argument(
         "--calibration",

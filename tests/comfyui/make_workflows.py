@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ternaryflux.core.defaults import DEFAULT_METHOD
+
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "workflows"
 
@@ -283,7 +285,7 @@ def ternarize_and_save() -> dict:
     tern = g.add(
         "TernaryFluxTernarize",
         (420, 40),
-        method="absmean",
+        method=DEFAULT_METHOD,
         group_size="per-channel",
         calibration="none",
         max_calibration_samples=16,
