@@ -105,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:
+        # bitsandbytes logs install advice for CPU kernels it does not need here ("pip install
+        # kernels"); the tool reports the optimizer it uses itself
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -311,3 +311,14 @@ def test_inspect_names_the_missing_tensor_of_a_flux_file(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "broken.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "missing" in err and "not a TernaryFLUX checkpoint" not in err, err
+
+
+def test_bitsandbytes_install_advice_does_not_leak(tiny, tmp_path):
+    code = (
+        "import logging, sys\n"
+        "from ternaryflux.quantize_tool import cli\n"
+        "rc = cli.main(['inspect', sys.argv[1]])\n"
+        "logging.getLogger('bitsandbytes.backends.cpu.ops').warning('Please make sure you `pip install kernels`')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(tiny["model"])], capture_output=True, text=True)
+    assert r.returncode == 0 and "pip install kernels" not in r.stderr, r.stderr
