@@ -25,11 +25,11 @@ import torch  # noqa: E402
 from ternaryflux.core.checkpoint import load_checkpoint  # noqa: E402
 from ternaryflux.core.fixtures import make_flux_state_dict  # noqa: E402
 from ternaryflux.core.flux_model import Flux, flux_from_state_dict  # noqa: E402
-from ternaryflux.quantize_tool.algorithms import TernaryConfig  # noqa: E402
-from ternaryflux.quantize_tool.distill import DistillConfig, distill, make_student  # noqa: E402
-from ternaryflux.quantize_tool.evaluate import velocity_error  # noqa: E402
-from ternaryflux.quantize_tool.flux_quantize import quantize_flux_tensors  # noqa: E402
-from ternaryflux.quantize_tool.testing import structured_config, trajectory_calibration  # noqa: E402
+from ternaryflux.quant.algorithms import TernaryConfig  # noqa: E402
+from ternaryflux.quant.distill import DistillConfig, distill, make_student  # noqa: E402
+from ternaryflux.quant.evaluate import velocity_error  # noqa: E402
+from ternaryflux.quant.flux import quantize_flux_tensors  # noqa: E402
+from ternaryflux.quant.testing import structured_config, trajectory_calibration  # noqa: E402
 
 
 def parse_setting(s: str) -> tuple[int, float]:

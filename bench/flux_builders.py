@@ -51,11 +51,11 @@ def _bootstrap_ternaryflux() -> None:
 
 _bootstrap_ternaryflux()
 
-from ternaryflux.core.checkpoint import METADATA_KEY, TernaryMetadata  # noqa: E402
+from ternaryflux.core.checkpoint import METADATA_KEY, TernaryMetadata, layer_specs  # noqa: E402
 from ternaryflux.core.flux_layout import FluxConfig, ternary_layer_names  # noqa: E402
 from ternaryflux.core.flux_model import Flux  # noqa: E402
-from ternaryflux.core.packing import packed_2bit_cols, packed_base3_cols, padded_k  # noqa: E402
-from ternaryflux.core.ternary_linear import TernaryLinear, _set_submodule  # noqa: E402
+from ternaryflux.core.packing import padded_k  # noqa: E402
+from ternaryflux.core.ternary_linear import TernaryLinear, set_submodule  # noqa: E402
 from ternaryflux.core.ternary_weight import check_group_size, round_scale_to_fp16  # noqa: E402
 
 __all__ = [
@@ -96,7 +96,7 @@ def _swap_in_ternary(model: Flux, group_size: int, bias_dtype: torch.dtype) -> l
             device="meta",
             bias_dtype=bias_dtype,
         )
-        _set_submodule(model, name, new)
+        set_submodule(model, name, new)
     return names
 
 
@@ -261,9 +261,8 @@ def checkpoint_file_size(
 ) -> dict[str, int]:
     """Exact size of the TernaryFLUX checkpoint ``write_checkpoint`` writes for ``config``.
 
-    Packed codes (``packed_2bit_cols`` or ``packed_base3_cols`` bytes a row), float16 scales
-    (what the writer stores for quantizer-made scales, see ``round_scale_to_fp16``),
-    int64 shapes, everything else (biases, embedders, norms, final layer) in ``dtype``, and the
+    The layer tensors of ``core.checkpoint.layer_specs`` (packed codes, float16 scales as the
+    writer stores quantizer-made scales, int64 shapes), everything else (biases, embedders, norms, final layer) in ``dtype``, and the
     header with ``metadata`` (default: :func:`default_metadata`). Returns bytes: ``total``,
     ``header``, ``data``, ``codes``, ``scales``, ``shapes``, ``other``.
     """
@@ -274,19 +273,16 @@ def checkpoint_file_size(
     ternary = {n: m for n, m in model.named_modules() if isinstance(m, TernaryLinear)}
     entries: list[tuple[str, torch.dtype, tuple[int, ...]]] = []
     parts = {"codes": 0, "scales": 0, "shapes": 0, "other": 0}
+    stored = {
+        name: (dt, shp)
+        for owner, m in ternary.items()
+        for name, dt, shp in layer_specs(owner, (m.out_features, m.in_features), m.group_size, packing)
+    }
+    part_of = {"weight": "codes", "weight_scale": "scales", "weight_shape": "shapes"}
     for key, t in model.state_dict().items():
         owner, _, leaf = key.rpartition(".")
-        shape = tuple(t.shape)
-        if owner in ternary and leaf == "weight":
-            m = ternary[owner]
-            cols = packed_2bit_cols(m.in_features) if packing == "2bit" else packed_base3_cols(m.in_features)
-            shape = (m.out_features, cols)
-            part = "codes"
-        elif owner in ternary and leaf in ("weight_scale", "weight_shape"):
-            part = "scales" if leaf == "weight_scale" else "shapes"
-        else:
-            part = "other"
-        dt = torch.float16 if part == "scales" else t.dtype
+        dt, shape = stored.get(key, (t.dtype, tuple(t.shape)))
+        part = part_of[leaf] if key in stored else "other"
         entries.append((key, dt, shape))
         parts[part] += math.prod(shape) * dt.itemsize
     size = safetensors_file_size(entries, {METADATA_KEY: metadata.to_json()})

@@ -25,9 +25,9 @@ from pathlib import Path
 
 CHILD = r"""
 import json, sys, time, psutil, torch
-from ternaryflux.quantize_tool.sources import open_source
-from ternaryflux.quantize_tool.flux_quantize import peak_rss_bytes, quantize_flux
-from ternaryflux.quantize_tool.algorithms import TernaryConfig
+from ternaryflux.quant.sources import open_source
+from ternaryflux.quant.flux import peak_rss_bytes, quantize_flux
+from ternaryflux.quant.algorithms import TernaryConfig
 src_path, out, hash_ = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 base = psutil.Process().memory_info().rss
 src = open_source(src_path)
@@ -55,8 +55,8 @@ def main() -> None:
     import torch
     from ternaryflux.core.flux_layout import FluxConfig
     from ternaryflux.core.flux_model import Flux
+    from ternaryflux.quant.testing import write_synthetic_flux
     from ternaryflux.quantize_tool.report import format_table, human_bytes
-    from ternaryflux.quantize_tool.testing import write_synthetic_flux
 
     cfg = FluxConfig(
         hidden_size=args.hidden,

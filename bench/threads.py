@@ -42,7 +42,7 @@ def main() -> int:
     a = ap.parse_args()
     import torch
     from ternaryflux.core.fixtures import tiny_flux_config
-    from ternaryflux.quantize_tool.testing import write_structured_fixture, write_synthetic_flux
+    from ternaryflux.quant.testing import write_structured_fixture, write_synthetic_flux
 
     threads = [int(t) for t in a.threads.split(",")]
     res: dict = {

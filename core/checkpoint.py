@@ -1,9 +1,15 @@
-"""The TernaryFLUX checkpoint format: reading, validating and atomically writing it.
+"""The TernaryFLUX checkpoint format: the one place that knows it.
 
 See ``docs/FORMAT.md`` for the specification. In short, a checkpoint is a safetensors file whose
 header metadata carries one JSON entry ``"ternaryflux"``; each ternary layer ``P`` stores
-``P.weight`` (uint8 packed codes), ``P.weight_scale`` (``[N, G]``, float16 where lossless, else float32; float32 in memory), ``P.weight_shape``
-(int64 ``[2]``) and, if it has one, ``P.bias``; every other tensor is stored as in the source.
+``P.weight`` (uint8 packed codes), ``P.weight_scale`` (``[N, G]``, float16 where lossless, else
+float32; float32 in memory), ``P.weight_shape`` (int64 ``[2]``) and, if it has one, ``P.bias``;
+every other tensor is stored as in the source.
+
+Every reader and writer goes through this module: :func:`layer_specs` / :func:`layer_tensors`
+say which tensors a ternary layer has (on disk or in memory), :func:`check_layer` /
+:func:`layer_from_state_dict` validate one layer, :func:`read_safetensors_header` is the one
+header parser, :func:`validate_state_dict` the one whole-checkpoint validator.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from safetensors.torch import save_file
 from ..version import __version__
 from .flux_layout import is_ternary_layer
 from .packing import base3_to_2bit, packed_2bit_cols, packed_base3_cols, twobit_to_base3
+from .ternary_weight import TernaryWeight, num_groups
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,8 @@ METADATA_KEY = "ternaryflux"
 PACKINGS = ("2bit", "base3")
 ARCHITECTURES = ("flux", "generic")
 _MAX_HEADER = 100 * 1024 * 1024
+LAYER_SUFFIXES = ("weight", "weight_scale", "weight_shape")  # + "bias" when the layer has one
+SCALE_DTYPE_ON_DISK = torch.float16  # quantizer-made scales are float16 values (round_scale_to_fp16)
 
 
 class TernaryFormatError(ValueError):
@@ -112,10 +121,23 @@ class TernaryMetadata:
 # ----------------------------------------------------------------------------- header
 
 
-def read_header(path: str | os.PathLike) -> dict[str, Any]:
+@dataclass
+class SafetensorsHeader:
+    """A parsed safetensors header: tensor entries, ``__metadata__``, where the data starts."""
+
+    entries: dict[str, dict[str, Any]]
+    metadata: dict[str, str]
+    data_start: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**({"__metadata__": self.metadata} if self.metadata else {}), **self.entries}
+
+
+def read_safetensors_header(path: str | os.PathLike, check_data: bool = True) -> SafetensorsHeader:
     """Parse and check a safetensors header without loading tensors.
 
-    Raises :class:`TernaryFormatError` when the file is not safetensors or is truncated.
+    Raises :class:`TernaryFormatError` when the file is not safetensors or (with ``check_data``)
+    when its tensor data is truncated.
     """
     p = Path(path)
     if not p.is_file():
@@ -144,19 +166,26 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
         if not isinstance(v, dict) or "data_offsets" not in v:
             raise TernaryFormatError(p, f"not a safetensors file (bad entry {k!r})")
         end = max(end, int(v["data_offsets"][1]))
-    if 8 + n + end > size:
+    if check_data and 8 + n + end > size:
         raise TernaryFormatError(p, f"truncated: tensors need {8 + n + end} bytes but the file has {size}")
-    return header
+    meta = header.pop("__metadata__", None) or {}
+    return SafetensorsHeader(header, dict(meta), 8 + n)
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The header as a dict (``__metadata__`` included); see :func:`read_safetensors_header`."""
+    return read_safetensors_header(path).as_dict()
 
 
 def header_metadata(header: Mapping[str, Any]) -> dict[str, str]:
     return dict(header.get("__metadata__") or {})
 
 
-def is_ternary_file(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a safetensors file carrying TernaryFLUX metadata (not validated)."""
+def is_ternary_file(path: str | os.PathLike, check_data: bool = True) -> bool:
+    """True when ``path`` is a safetensors file carrying TernaryFLUX metadata (not validated;
+    with ``check_data=False`` a file with truncated tensor data still counts)."""
     try:
-        return METADATA_KEY in header_metadata(read_header(path))
+        return METADATA_KEY in read_safetensors_header(path, check_data).metadata
     except TernaryFormatError:
         return False
 
@@ -197,12 +226,103 @@ class TernaryCheckpoint:
     ternary_layers: list[str]
     path: str
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.state_dict.values())
+
+# ----------------------------------------------------------------------------- one ternary layer
 
 
-def _ternary_prefixes(keys) -> list[str]:
+def packed_cols(k: int, packing: str) -> int:
+    """Bytes per row of packed codes for ``k`` inputs in ``packing`` (2bit or base3)."""
+    if packing not in PACKINGS:
+        raise ValueError(f"unknown packing {packing!r} (expected one of {PACKINGS})")
+    return packed_2bit_cols(k) if packing == "2bit" else packed_base3_cols(k)
+
+
+def layer_specs(
+    prefix: str, shape: tuple[int, int], group_size: int, packing: str
+) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    """``(name, dtype, shape)`` of the tensors a ternary layer stores on disk (bias aside), in
+    the order they are written: codes, scales, logical shape."""
+    n, k = shape
+    return [
+        (f"{prefix}.weight", torch.uint8, (n, packed_cols(k, packing))),
+        (f"{prefix}.weight_scale", SCALE_DTYPE_ON_DISK, (n, num_groups(k, group_size))),
+        (f"{prefix}.weight_shape", torch.int64, (2,)),
+    ]
+
+
+def layer_tensors(prefix: str, tw: TernaryWeight, packing: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of one ternary layer (bias aside).
+
+    ``packing=None``: the runtime (in-memory) form, the state dict of a
+    :class:`~.ternary_linear.TernaryLinear`: 2-bit codes, float32 scales. ``"2bit"`` / ``"base3"``:
+    the on-disk form on the CPU, codes in that packing, scales float16 where that is lossless
+    (quantizer-made scales always are, see ``round_scale_to_fp16``), else float32.
+    """
+    shape = torch.tensor(tw.shape, dtype=torch.int64, device=tw.packed.device)
+    if packing is None:
+        return {
+            f"{prefix}.weight": tw.packed,
+            f"{prefix}.weight_scale": tw.scale.to(torch.float32),
+            f"{prefix}.weight_shape": shape,
+        }
+    packed = tw.packed.cpu()
+    if packing == "base3":
+        packed = twobit_to_base3(packed, tw.shape[1])
+    elif packing != "2bit":
+        raise ValueError(f"unknown packing {packing!r} (expected one of {PACKINGS})")
+    scale = tw.scale.detach().cpu().to(torch.float32)
+    s16 = scale.to(SCALE_DTYPE_ON_DISK)
+    return {
+        f"{prefix}.weight": packed,
+        f"{prefix}.weight_scale": s16 if torch.equal(s16.to(torch.float32), scale) else scale,
+        f"{prefix}.weight_shape": shape.cpu(),
+    }
+
+
+def check_layer(
+    sd: Mapping[str, torch.Tensor], prefix: str, packing: str = "2bit", path: str | os.PathLike = "<memory>"
+) -> tuple[int, int, int]:
+    """Validate the tensors of ternary layer ``prefix`` in ``sd`` (codes in ``packing``);
+    returns ``(N, K, group_size)``. Raises :class:`TernaryFormatError` naming the problem."""
+    for suffix in LAYER_SUFFIXES:
+        if f"{prefix}.{suffix}" not in sd:
+            raise TernaryFormatError(path, f"layer {prefix!r} has a scale but no '{prefix}.{suffix}'")
+    w, s, shp = sd[f"{prefix}.weight"], sd[f"{prefix}.weight_scale"], sd[f"{prefix}.weight_shape"]
+    if shp.dtype != torch.int64 or tuple(shp.shape) != (2,) or int(shp.min()) <= 0:
+        raise TernaryFormatError(
+            path, f"layer {prefix!r}: weight_shape must be two positive int64, got {shp.tolist()}"
+        )
+    n, k = (int(x) for x in shp.tolist())
+    cols = packed_cols(k, packing)
+    if w.dtype != torch.uint8 or tuple(w.shape) != (n, cols):
+        raise TernaryFormatError(
+            path,
+            f"layer {prefix!r}: packed shape {tuple(w.shape)} ({w.dtype}) disagrees with logical shape {(n, k)} "
+            f"(expected uint8 {(n, cols)} for {packing} packing)",
+        )
+    if not s.is_floating_point() or s.dim() != 2 or s.shape[0] != n or k % s.shape[1]:
+        raise TernaryFormatError(
+            path, f"layer {prefix!r}: scale shape {tuple(s.shape)} does not fit shape {(n, k)}"
+        )
+    g = s.shape[1]
+    return n, k, 0 if g == 1 else k // g
+
+
+def layer_from_state_dict(
+    sd: Mapping[str, torch.Tensor], prefix: str, path: str | os.PathLike = "<memory>"
+) -> TernaryWeight:
+    """The :class:`TernaryWeight` of layer ``prefix`` of a runtime-layout state dict, validated."""
+    n, k, group_size = check_layer(sd, prefix, "2bit", path)
+    try:
+        return TernaryWeight(
+            sd[f"{prefix}.weight"], sd[f"{prefix}.weight_scale"].to(torch.float32), (n, k), group_size
+        )
+    except ValueError as e:
+        raise TernaryFormatError(path, f"layer {prefix!r}: {e}") from None
+
+
+def ternary_prefixes(keys) -> list[str]:
+    """The ternary layers among state-dict ``keys`` (those with a ``.weight_scale``), sorted."""
     return sorted({k[: -len(".weight_scale")] for k in keys if k.endswith(".weight_scale")})
 
 
@@ -210,7 +330,7 @@ def validate_state_dict(
     sd: Mapping[str, torch.Tensor], meta: TernaryMetadata, path: str | os.PathLike = "<memory>"
 ) -> list[str]:
     """Check every ternary layer of ``sd`` (stored in ``meta.packing``); returns their prefixes."""
-    prefixes = _ternary_prefixes(sd)
+    prefixes = ternary_prefixes(sd)
     if not prefixes:
         raise TernaryFormatError(
             path, "has TernaryFLUX metadata but no ternary layer (no '*.weight_scale' tensor)"
@@ -222,32 +342,13 @@ def validate_state_dict(
     for p in prefixes:
         if meta.architecture == "flux" and not is_ternary_layer(p):
             raise TernaryFormatError(path, f"unknown layer name {p!r}: not a ternary FLUX layer")
-        for suffix in ("weight", "weight_shape"):
-            if f"{p}.{suffix}" not in sd:
-                raise TernaryFormatError(path, f"layer {p!r} has a scale but no '{p}.{suffix}'")
-        w, s, shp = sd[f"{p}.weight"], sd[f"{p}.weight_scale"], sd[f"{p}.weight_shape"]
-        if shp.dtype != torch.int64 or tuple(shp.shape) != (2,) or int(shp.min()) <= 0:
-            raise TernaryFormatError(
-                path, f"layer {p!r}: weight_shape must be two positive int64, got {shp.tolist()}"
-            )
-        n, k = (int(x) for x in shp.tolist())
-        cols = packed_2bit_cols(k) if meta.packing == "2bit" else packed_base3_cols(k)
-        if w.dtype != torch.uint8 or tuple(w.shape) != (n, cols):
-            raise TernaryFormatError(
-                path,
-                f"layer {p!r}: packed shape {tuple(w.shape)} ({w.dtype}) disagrees with logical shape {(n, k)} "
-                f"(expected uint8 {(n, cols)} for {meta.packing} packing)",
-            )
-        if not s.is_floating_point() or s.dim() != 2 or s.shape[0] != n or k % s.shape[1]:
-            raise TernaryFormatError(
-                path, f"layer {p!r}: scale shape {tuple(s.shape)} does not fit shape {(n, k)}"
-            )
-        g = s.shape[1]
-        if g > 1 and meta.group_size and k // g != meta.group_size:
+        _, _, group_size = check_layer(sd, p, meta.packing, path)
+        if group_size and meta.group_size and group_size != meta.group_size:
+            g = sd[f"{p}.weight_scale"].shape[1]
             raise TernaryFormatError(
                 path, f"layer {p!r}: {g} scale groups disagree with group_size {meta.group_size}"
             )
-        if not torch.isfinite(s).all():
+        if not torch.isfinite(sd[f"{p}.weight_scale"]).all():
             raise TernaryFormatError(path, f"layer {p!r}: non-finite scales")
     return prefixes
 
@@ -260,7 +361,6 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise TernaryFormatError(
             path, f"{describe_file(path)}: convert it with `ternaryflux quantize` or the Ternarize FLUX node"
         )
-    meta = TernaryMetadata.from_json(meta_raw[METADATA_KEY], path)
     sd: dict[str, torch.Tensor] = {}
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
@@ -268,6 +368,15 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
                 sd[k] = f.get_tensor(k)
     except Exception as e:  # safetensors raises its own error types
         raise TernaryFormatError(path, f"cannot read tensors ({type(e).__name__}: {e})") from None
+    return checkpoint_from_tensors(sd, meta_raw[METADATA_KEY], path)
+
+
+def checkpoint_from_tensors(
+    sd: dict[str, torch.Tensor], metadata_json: str, path: str | os.PathLike = "<memory>"
+) -> TernaryCheckpoint:
+    """Validate the tensors a checkpoint file holds (as stored, any packing) and turn them into the
+    runtime layout, in place: what :func:`load_checkpoint` does after reading the file."""
+    meta = TernaryMetadata.from_json(metadata_json, path)
     prefixes = validate_state_dict(sd, meta, path)
     for p in prefixes:
         sd[f"{p}.weight_scale"] = sd[f"{p}.weight_scale"].to(torch.float32)
@@ -312,14 +421,6 @@ def write_checkpoint(
     runtime = TernaryMetadata(**{**asdict(metadata), "packing": "2bit"})
     prefixes = validate_state_dict(state_dict, runtime, path)
     out = dict(state_dict)
-    for p in prefixes:  # float16 scales where that is lossless (see round_scale_to_fp16)
-        sk = f"{p}.weight_scale"
-        s16 = state_dict[sk].to(torch.float16)
-        if torch.equal(s16.to(state_dict[sk].dtype), state_dict[sk]):
-            out[sk] = s16
-    if metadata.packing == "base3":
-        for p in prefixes:
-            out[f"{p}.weight"] = twobit_to_base3(
-                state_dict[f"{p}.weight"].cpu(), int(state_dict[f"{p}.weight_shape"][1])
-            )
+    for p in prefixes:
+        out.update(layer_tensors(p, layer_from_state_dict(state_dict, p, path), metadata.packing))
     atomic_save_safetensors(out, path, {METADATA_KEY: metadata.to_json()})

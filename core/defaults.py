@@ -8,7 +8,6 @@ that they agree). ``absmean`` stays available everywhere, labelled as the data-f
 
 from __future__ import annotations
 
-METHODS = ("absmean", "twn", "calibrated")
 BASELINE_METHOD = "absmean"
 DEFAULT_METHOD = "absmean"
 

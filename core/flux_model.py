@@ -270,6 +270,25 @@ class Flux(nn.Module):
             vec = vec + self.guidance_in(timestep_embedding(guidance, 256).to(dt))
         return vec + self.vector_in(y[:, : self.config.vec_in_dim].to(dt))
 
+    def embed(
+        self,
+        img: Tensor,
+        img_ids: Tensor,
+        txt: Tensor,
+        txt_ids: Tensor,
+        timesteps: Tensor,
+        y: Tensor | None = None,
+        guidance: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """The inputs of the first block: ``{"img", "txt", "vec", "pe"}`` (BFL signature). Uses
+        only the embedders, so it runs on a model whose blocks are not loaded (meta)."""
+        return {
+            "img": self.img_in(img),
+            "txt": self.txt_in(txt),
+            "vec": self.embed_vector(timesteps, y, guidance),
+            "pe": self.pe_embedder(torch.cat((txt_ids, img_ids), dim=1)),
+        }
+
     def forward(
         self,
         img: Tensor,
@@ -281,16 +300,36 @@ class Flux(nn.Module):
         guidance: Tensor | None = None,
     ) -> Tensor:
         """BFL signature: img ``[B, L_img, in_channels]``, txt ``[B, L_txt, context_in_dim]``."""
-        img = self.img_in(img)
-        vec = self.embed_vector(timesteps, y, guidance)
-        txt = self.txt_in(txt)
-        pe = self.pe_embedder(torch.cat((txt_ids, img_ids), dim=1))
+        e = self.embed(img, img_ids, txt, txt_ids, timesteps, y, guidance)
+        img, txt, vec, pe = e["img"], e["txt"], e["vec"], e["pe"]
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, pe)
         x = torch.cat((txt, img), dim=1)
         for block in self.single_blocks:
             x = block(x, vec, pe)
         return self.final_layer(x[:, txt.shape[1] :, ...], vec)
+
+    @staticmethod
+    def latent_to_tokens(
+        x: Tensor,
+        timestep: Tensor,
+        context: Tensor,
+        y: Tensor | None = None,
+        guidance: Tensor | None = None,
+    ) -> dict[str, Tensor | None]:
+        """ComfyUI's calling convention (latent ``[B, C, H, W]``) → the keyword arguments of
+        :meth:`forward` / :meth:`embed` (patchified tokens, position ids)."""
+        img, img_ids, _ = patchify(x)
+        txt_ids = torch.zeros(x.shape[0], context.shape[1], 3, device=x.device, dtype=img_ids.dtype)
+        return {
+            "img": img,
+            "img_ids": img_ids,
+            "txt": context.to(img.dtype),
+            "txt_ids": txt_ids,
+            "timesteps": timestep,
+            "y": y,
+            "guidance": guidance,
+        }
 
     def forward_latent(
         self,
@@ -301,9 +340,8 @@ class Flux(nn.Module):
         guidance: Tensor | None = None,
     ) -> Tensor:
         """ComfyUI's calling convention: latent ``[B, C, H, W]``, timestep = sigma in [0, 1]."""
-        img, img_ids, (h, w) = patchify(x)
-        txt_ids = torch.zeros(x.shape[0], context.shape[1], 3, device=x.device, dtype=img_ids.dtype)
-        out = self.forward(img, img_ids, context.to(img.dtype), txt_ids, timestep, y, guidance)
+        out = self.forward(**self.latent_to_tokens(x, timestep, context, y, guidance))
+        h, w = (x.shape[-2] + 1) // 2, (x.shape[-1] + 1) // 2
         return unpatchify(out, h, w, x.shape[-2], x.shape[-1])
 
 

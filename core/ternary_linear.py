@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..kernels import ternary_linear
+from .checkpoint import check_layer
 from .packing import packed_2bit_cols
 from .ternary_weight import TernaryWeight, num_groups
 
@@ -85,7 +86,7 @@ class TernaryLinear(nn.Module):
         )
 
 
-def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, name = path.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, name, module)
 
@@ -102,16 +103,11 @@ def replace_with_ternary_from_state_dict(model: nn.Module, sd: Mapping[str, torc
         if not key.endswith(".weight_scale"):
             continue
         path = key[: -len(".weight_scale")]
-        shape_key = f"{path}.weight_shape"
-        if shape_key not in sd:
-            raise KeyError(f"ternary layer {path!r} has no {shape_key!r}")
-        n, k = (int(v) for v in sd[shape_key].tolist())
-        groups = sd[key].shape[1]
-        group_size = 0 if groups == 1 else k // groups
+        n, k, group_size = check_layer(sd, path)
         old = model.get_submodule(path)
         has_bias = getattr(old, "bias", None) is not None
         bias_dtype = old.bias.dtype if has_bias else None
-        _set_submodule(
+        set_submodule(
             model, path, TernaryLinear(k, n, has_bias, group_size, device="meta", bias_dtype=bias_dtype)
         )
         swapped.append(path)

@@ -103,11 +103,6 @@ class TernaryWeight:
     def device(self) -> torch.device:
         return self.packed.device
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes held (packed codes + scales)."""
-        return self.packed.numel() + self.scale.numel() * self.scale.element_size()
-
     def codes(self) -> torch.Tensor:
         """uint8 codes ``[N, K]`` in {0, 1, 2}."""
         return unpack_2bit(self.packed, self.shape[1])

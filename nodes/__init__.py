@@ -1,7 +1,7 @@
 """ComfyUI nodes of TernaryFLUX (the only part of the pack that imports ComfyUI).
 
-Importing this package does not import ComfyUI: the pure helpers (``naming``, ``lowrank``,
-``prompt_list``) are usable and testable without a host. ComfyUI calls :func:`comfy_entrypoint`,
+Importing this package does not import ComfyUI: the pure helpers (``naming``, ``lowrank``)
+are usable and testable without a host. ComfyUI calls :func:`comfy_entrypoint`,
 which imports the node modules.
 """
 

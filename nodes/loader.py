@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import struct
 
 import folder_paths
 from comfy_api.latest import io
 
-from ..core.checkpoint import METADATA_KEY, TernaryFormatError
+from ..core.checkpoint import TernaryFormatError, is_ternary_file
 from .model_build import ACTIVATIONS, BACKENDS, COMPUTE_DTYPES, KernelOptions, load_ternary_model
 
 log = logging.getLogger(__name__)
 
 FOLDER = "diffusion_models"  # also covers models/unet
-_MAX_HEADER = 100 * 1024 * 1024
 _header_cache: dict[str, tuple[float, int, bool]] = {}
 
 
@@ -30,17 +27,7 @@ def looks_ternary(path: str) -> bool:
     hit = _header_cache.get(path)
     if hit is not None and hit[:2] == (st.st_mtime, st.st_size):
         return hit[2]
-    result = False
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) == 8:
-                (n,) = struct.unpack("<Q", head)
-                if 0 < n <= min(_MAX_HEADER, st.st_size - 8):
-                    header = json.loads(f.read(n))
-                    result = isinstance(header, dict) and METADATA_KEY in (header.get("__metadata__") or {})
-    except (OSError, ValueError, UnicodeDecodeError):
-        result = False
+    result = is_ternary_file(path, check_data=False)
     _header_cache[path] = (st.st_mtime, st.st_size, result)
     return result
 

@@ -17,7 +17,7 @@ import comfy.sd
 import torch
 
 from ..core.checkpoint import TernaryFormatError, TernaryMetadata, load_checkpoint
-from .ops import make_ternary_ops, ternary_modules
+from .ops import make_ternary_ops, ternary_op_modules
 from .patcher import TernaryModelPatcher
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def build_ternary_model(
         raise TernaryFormatError(
             source, "ComfyUI could not detect a model type from its keys (not a FLUX transformer?)"
         )
-    got = {n for n, _ in ternary_modules(base.model.diffusion_model)}
+    got = {n for n, _ in ternary_op_modules(base.model.diffusion_model)}
     if got != expected:
         missing = sorted(expected - got)[:5]
         raise TernaryFormatError(
@@ -121,4 +121,4 @@ def load_ternary_model(
 def is_ternary_model(model) -> bool:
     """True for a MODEL (patcher) whose diffusion model has ternary layers."""
     dm = getattr(getattr(model, "model", None), "diffusion_model", None)
-    return dm is not None and len(ternary_modules(dm)) > 0
+    return dm is not None and len(ternary_op_modules(dm)) > 0

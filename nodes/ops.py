@@ -28,7 +28,7 @@ import comfy.ops
 import torch
 import torch.nn.functional as F
 
-from ..core.packing import packed_2bit_cols
+from ..core.checkpoint import layer_from_state_dict
 from ..core.ternary_weight import TernaryWeight
 from ..kernels import ternary_linear
 from .lowrank import apply_branches, plan_lowrank
@@ -84,8 +84,8 @@ class TernaryLinearOp(comfy.ops.manual_cast.Linear):
         if "weight_scale" in own:
             try:
                 self._load_ternary(state_dict, prefix, own)
-            except ValueError as e:
-                error_msgs.append(f"{prefix[:-1]}: {e}")
+            except ValueError as e:  # TernaryFormatError included: its .problem names the layer
+                error_msgs.append(getattr(e, "problem", f"{prefix[:-1]}: {e}"))
                 return
             consumed = {"weight", "weight_scale", "weight_shape", "bias"}
         else:
@@ -107,24 +107,14 @@ class TernaryLinearOp(comfy.ops.manual_cast.Linear):
         unexpected_keys.extend(full for short, full in own.items() if short not in consumed)
 
     def _load_ternary(self, sd, prefix: str, own: dict[str, str]) -> None:
-        for need in ("weight", "weight_shape"):
-            if need not in own:
-                raise ValueError(f"ternary layer has weight_scale but no {need!r}")
-        packed, scale, shape = sd[own["weight"]], sd[own["weight_scale"]], sd[own["weight_shape"]]
-        n, k = (int(v) for v in shape.tolist())
-        if (n, k) != (self.out_features, self.in_features):
+        tw = layer_from_state_dict(sd, prefix[:-1])  # the format's own validator (TernaryFormatError)
+        if tw.shape != (self.out_features, self.in_features):
             raise ValueError(
-                f"logical shape {(n, k)} does not match the model's Linear {(self.out_features, self.in_features)}"
+                f"logical shape {tw.shape} does not match the model's Linear {(self.out_features, self.in_features)}"
             )
-        if packed.dtype != torch.uint8 or tuple(packed.shape) != (n, packed_2bit_cols(k)):
-            raise ValueError(
-                f"packed weight {packed.dtype} {tuple(packed.shape)} is not uint8 {(n, packed_2bit_cols(k))}"
-            )
-        if scale.dim() != 2 or scale.shape[0] != n or k % scale.shape[1]:
-            raise ValueError(f"scale shape {tuple(scale.shape)} does not fit {(n, k)}")
-        self.weight = torch.nn.Parameter(packed, requires_grad=False)
-        self.register_buffer("weight_scale", scale.to(torch.float32))
-        self.register_buffer("weight_shape", shape.to(torch.int64))
+        self.weight = torch.nn.Parameter(tw.packed, requires_grad=False)
+        self.register_buffer("weight_scale", tw.scale)
+        self.register_buffer("weight_shape", sd[own["weight_shape"]].to(torch.int64))
         self.ternary = True
 
     # ----------------------------------------------------------------- LoRA & friends
@@ -218,11 +208,6 @@ def make_ternary_ops(backend: str = "auto", act: str = "a16") -> type:
     return TernaryOps
 
 
-def ternary_modules(model: torch.nn.Module) -> Sequence[tuple[str, TernaryLinearOp]]:
+def ternary_op_modules(model: torch.nn.Module) -> Sequence[tuple[str, TernaryLinearOp]]:
     """``(path, module)`` for every ternary Linear of ``model``."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, TernaryLinearOp) and m.ternary]
-
-
-def set_kernel_options(model: torch.nn.Module, backend: str, act: str) -> None:
-    for _, m in ternary_modules(model):
-        m.backend, m.act = backend, act

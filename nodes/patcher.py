@@ -75,8 +75,3 @@ class TernaryModelPatcher(comfy.model_patcher.ModelPatcher):
         return super().patch_hook_weight_to_device(
             hooks, combined_patches, key, original_weights, memory_counter
         )
-
-    def ternary_patch_counts(self) -> dict[str, int]:
-        """How many patched keys are ternary weights vs other tensors (for messages and tests)."""
-        t = sum(1 for k in self.patches if _ternary_module_for_key(self.model, k) is not None)
-        return {"ternary": t, "other": len(self.patches) - t}

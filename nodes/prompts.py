@@ -14,7 +14,7 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from .prompt_list import (
+from ..quant.prompts import (
     BUILTIN_PROMPTS_PATH,
     PROMPT_FILE_SUFFIX,
     PromptListError,

@@ -10,16 +10,15 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..core.checkpoint import TernaryMetadata, write_checkpoint
+from ..core.checkpoint import PACKINGS, TernaryMetadata, write_checkpoint
 from ..version import __version__
 from .model_build import is_ternary_model
 from .naming import FilenameError, resolve_inside, validate_filename
-from .ops import ternary_modules
+from .ops import ternary_op_modules
 
 log = logging.getLogger(__name__)
 
-FLOAT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "keep": None}
-PACKINGS = ("2bit", "base3")
+SAVE_FLOAT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "keep": None}
 
 
 def diffusion_models_dir() -> str:
@@ -40,7 +39,7 @@ def ternary_state_dict(model, float_dtype: torch.dtype | None) -> dict[str, torc
             "model and run Ternarize FLUX on that."
         )
     dm = model.model.diffusion_model
-    ternary = {n for n, _ in ternary_modules(dm)}
+    ternary = {n for n, _ in ternary_op_modules(dm)}
     prefix = "diffusion_model."
     out: dict[str, torch.Tensor] = {}
     for key, t in dm.state_dict().items():
@@ -65,8 +64,8 @@ def save_ternary_model(
         raise ValueError("the MODEL has no ternary layers: connect Load Ternary FLUX or Ternarize FLUX")
     if packing not in PACKINGS:
         raise ValueError(f"packing must be one of {PACKINGS}, got {packing!r}")
-    if float_dtype not in FLOAT_DTYPES:
-        raise ValueError(f"float_dtype must be one of {tuple(FLOAT_DTYPES)}, got {float_dtype!r}")
+    if float_dtype not in SAVE_FLOAT_DTYPES:
+        raise ValueError(f"float_dtype must be one of {tuple(SAVE_FLOAT_DTYPES)}, got {float_dtype!r}")
     try:
         rel = validate_filename(filename)
         folder = diffusion_models_dir()
@@ -77,7 +76,7 @@ def save_ternary_model(
         raise FileExistsError(f"{target} already exists; pick another filename or enable 'overwrite'")
     meta: TernaryMetadata = getattr(model.model, "ternaryflux_metadata", None) or TernaryMetadata()
     meta = replace(meta, packing=packing, tool_version=__version__)
-    write_checkpoint(target, ternary_state_dict(model, FLOAT_DTYPES[float_dtype]), meta)
+    write_checkpoint(target, ternary_state_dict(model, SAVE_FLOAT_DTYPES[float_dtype]), meta)
     log.info("Save Ternary FLUX: wrote %s (%.1f MB)", target, target.stat().st_size / 2**20)
     return str(target)
 
@@ -111,7 +110,7 @@ class SaveTernaryFlux(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "float_dtype",
-                    options=list(FLOAT_DTYPES),
+                    options=list(SAVE_FLOAT_DTYPES),
                     default="bf16",
                     tooltip="dtype for the layers that stay float (embedders, final layer, norms, biases); keep = as in memory.",
                 ),

@@ -3,18 +3,16 @@
 weight patches on it, e.g. a LoRA, merged first) one tensor at a time, and a new diffusion model
 is built with packed layers.
 
-* ``absmean`` / ``twn`` (data-free): ternarized layer by layer into a new state dict.
-* ``calibrated``: exactly ``ternaryflux quantize --method calibrated`` (block-wise selection by
-  block-output error, :func:`ternaryflux.quantize_tool.flux_quantize.quantize_flux_tensors`) run
-  on the in-memory weights, written to a file in ComfyUI's temp folder and loaded from there
-  like *Load Ternary FLUX* does.
+Every method runs the offline tool's own streaming driver
+(:func:`ternaryflux.quant.flux.quantize_flux_tensors`) on the in-memory weights, with a
+:class:`~ternaryflux.quant.writer.MemoryWriter` as its sink: the same codes and scales as
+``ternaryflux quantize`` on a file holding the same weights, and no temporary file.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 
 import comfy.lora
@@ -24,23 +22,19 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..core.checkpoint import TernaryMetadata, load_checkpoint
+from ..core.checkpoint import METADATA_KEY, checkpoint_from_tensors
 from ..core.defaults import DEFAULT_METHOD
-from ..core.defaults import METHODS as _METHODS
 from ..core.flux_layout import is_ternary_layer
-from ..core.ternarize import ternarize
-from ..core.ternary_weight import TernaryWeight
-from ..quantize_tool.algorithms import TernaryConfig
-from ..quantize_tool.common import load_calibration
-from ..quantize_tool.errors import ToolError
-from ..quantize_tool.flux_quantize import TensorSource, quantize_flux_tensors
-from ..quantize_tool.st_writer import DTYPE_TO_ST
+from ..quant.algorithms import METHODS, TernaryConfig
+from ..quant.calibration import load_calibration
+from ..quant.errors import QuantizeError
+from ..quant.flux import TensorSource, quantize_flux_tensors
+from ..quant.writer import DTYPE_TO_ST, MemoryWriter
 from .model_build import KernelOptions, build_ternary_model, is_ternary_model
 
 log = logging.getLogger(__name__)
 
 CALIBRATION_FOLDER = "ternaryflux_calibration"
-METHODS = _METHODS  # core/defaults.py: shared with the CLI
 GROUP_SIZES = {"per-channel": 0, "128": 128, "256": 256}
 NO_CALIBRATION = "none"
 
@@ -75,13 +69,6 @@ def _bfl_key(key: str) -> str:
     return key[: -len(".weight")] + ".scale" if key.endswith("_norm.weight") else key
 
 
-def _storage(t: torch.Tensor) -> torch.Tensor:
-    t = t.detach()
-    if type(t).__name__ == "QuantizedTensor" or t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-        return _to_float(t).to(torch.bfloat16).cpu()
-    return t.cpu().clone()
-
-
 CALIBRATION_SEED = 0  # the CLI's --seed default: same sample subset as `ternaryflux quantize`
 
 
@@ -101,7 +88,7 @@ def _read_param(model, key: str, p: torch.Tensor, dev) -> torch.Tensor:
 
 def _st_dtype(t: torch.Tensor) -> str:
     if _is_quantized(t):
-        return "BF16"  # stored like _storage() stores it
+        return "BF16"  # the driver writes dequantized (e.g. fp8 scaled) weights as bf16
     return DTYPE_TO_ST.get(t.dtype, "F32")
 
 
@@ -134,50 +121,43 @@ def model_tensor_source(model, source_name: str | None = None) -> TensorSource:
     )
 
 
-def _calibrated_model(
+def _quantized_model(
     model,
-    group_size: int,
-    calibration_path: str,
+    config: TernaryConfig,
+    calibration_path: str | None,
     max_calibration_samples: int,
     progress: Callable[[int, int], None] | None,
     source_name: str | None,
 ):
-    """The offline tool's ``calibrated`` recipe on the MODEL's weights → a new ternary MODEL."""
-    try:
-        samples, summary = load_calibration([calibration_path], max_calibration_samples, CALIBRATION_SEED)
-    except ToolError as e:
-        raise ValueError(str(e)) from None
-    src = model_tensor_source(model, source_name)
-    tmp_dir = folder_paths.get_temp_directory()
-    os.makedirs(tmp_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="ternaryflux_calibrated_", suffix=".safetensors", dir=tmp_dir)
-    os.close(fd)
-    try:
+    """The offline tool's recipe ``config`` on the MODEL's weights → a new ternary MODEL."""
+    samples, summary = None, None
+    if calibration_path:
+        try:
+            samples, summary = load_calibration([calibration_path], max_calibration_samples, CALIBRATION_SEED)
+        except QuantizeError as e:
+            raise ValueError(str(e)) from None
         log.info(
             "Ternarize FLUX: calibrated (the `ternaryflux quantize` recipe) on %d of %d samples of %s",
             summary["num_samples"],
             summary["num_samples_available"],
             os.path.basename(calibration_path),
         )
-        try:
-            quantize_flux_tensors(
-                src,
-                tmp,
-                TernaryConfig(method="calibrated", group_size=group_size),
-                calibration=samples,
-                calibration_summary=summary,
-                device=str(model.load_device),
-                on_layer=progress,
-            )
-        except ToolError as e:
-            raise ValueError(str(e)) from None
-        del samples
-        ckpt = load_checkpoint(tmp)
-    finally:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
+    src = model_tensor_source(model, source_name)
+    sink = MemoryWriter()
+    try:
+        quantize_flux_tensors(
+            src,
+            sink,
+            config,
+            calibration=samples,
+            calibration_summary=summary,
+            device=str(model.load_device),
+            on_layer=progress,
+        )
+    except QuantizeError as e:
+        raise ValueError(str(e)) from None
+    del samples
+    ckpt = checkpoint_from_tensors(sink.tensors, sink.metadata[METADATA_KEY])
     src_dtype = model.model.get_dtype()
     dtype = src_dtype if src_dtype in (torch.bfloat16, torch.float16, torch.float32) else None
     return build_ternary_model(
@@ -188,7 +168,7 @@ def _calibrated_model(
     )
 
 
-def ternarize_model(
+def ternarize_comfy_model(
     model,
     method: str = "absmean",
     group_size: int = 0,
@@ -226,72 +206,21 @@ def ternarize_model(
         raise ValueError("no FLUX block Linear found in the MODEL")
 
     source_name = _source_name(model) or source_name
-    if calibration_path:
-        if method != "calibrated":
-            log.info("Ternarize FLUX: a calibration file is given, so method %r becomes 'calibrated'", method)
-        new = _calibrated_model(
-            model, group_size, calibration_path, max_calibration_samples, progress, source_name
-        )
-    else:
-        new = _data_free_model(model, method, group_size, layer_paths, unet_config, progress, source_name)
+    if calibration_path and method != "calibrated":
+        log.info("Ternarize FLUX: a calibration file is given, so method %r becomes 'calibrated'", method)
+        method = "calibrated"
+    new = _quantized_model(
+        model,
+        TernaryConfig(method=method, group_size=group_size),
+        calibration_path,
+        max_calibration_samples,
+        progress,
+        source_name,
+    )
     # keep what stock nodes put on the MODEL (sampling patches, options); weight patches are merged
     new.model_options = model.clone().model_options
     new.object_patches = dict(model.object_patches)
     return new
-
-
-def _data_free_model(
-    model,
-    method: str,
-    group_size: int,
-    layer_paths: list[str],
-    unet_config: dict,
-    progress: Callable[[int, int], None] | None,
-    source_name: str | None,
-):
-    """absmean / twn, one layer at a time, into a new ternary MODEL."""
-    dm = model.model.diffusion_model
-    dev = model.load_device
-    prefix = "diffusion_model."
-    ternary_set = set(layer_paths)
-    out: dict[str, torch.Tensor] = {}
-    done = 0
-    for name, m in dm.named_modules():
-        for pname, p in m.named_parameters(recurse=False):
-            key = f"{name}.{pname}" if name else pname
-            patches = model.patches.get(prefix + key)
-            backup = model.backup.get(prefix + key)  # a loaded clone may have baked its patches in
-            if backup is not None:
-                p = backup.weight
-            if name in ternary_set and pname == "weight":
-                w = _to_float(p).to(dev)
-                if patches:
-                    w = comfy.lora.calculate_weight(patches, w, prefix + key)
-                tw = _ternarize_layer(w, method, group_size, name)
-                out[f"{name}.weight"] = tw.packed.cpu()
-                out[f"{name}.weight_scale"] = tw.scale.cpu()
-                out[f"{name}.weight_shape"] = torch.tensor(tw.shape, dtype=torch.int64)
-                del w, tw
-                done += 1
-                if progress is not None:
-                    progress(done, len(layer_paths))
-                continue
-            t = p
-            if patches:
-                t = comfy.lora.calculate_weight(patches, _to_float(p).to(dev), prefix + key).to(p.dtype)
-            out[_bfl_key(key)] = _storage(t)
-    meta = TernaryMetadata(
-        group_size=group_size,
-        variant="dev" if unet_config.get("guidance_embed") else "schnell",
-        source_name=source_name,
-        method=method,
-        method_params={"node": "Ternarize FLUX"},
-    )
-    src_dtype = model.model.get_dtype()
-    dtype = src_dtype if src_dtype in (torch.bfloat16, torch.float16, torch.float32) else None
-    return build_ternary_model(
-        out, meta, KernelOptions(dtype=dtype), source=f"<ternarized {meta.source_name or 'MODEL'}>"
-    )
 
 
 def _source_name(model) -> str | None:
@@ -324,13 +253,6 @@ def _prompt_source_name(prompt, node_id) -> str | None:
             if isinstance(inputs.get(k), str) and inputs[k]:
                 return os.path.basename(inputs[k])
     return None
-
-
-def _ternarize_layer(w: torch.Tensor, method: str, group_size: int, name: str) -> TernaryWeight:
-    try:
-        return ternarize(w, method, group_size)
-    except ValueError as e:
-        raise ValueError(f"layer {name}: {e}") from None
 
 
 def _hidden_source_name(node_cls) -> str | None:
@@ -420,7 +342,7 @@ class TernarizeFlux(io.ComfyNode):
             comfy.model_management.throw_exception_if_processing_interrupted()
 
         try:
-            new = ternarize_model(
+            new = ternarize_comfy_model(
                 model,
                 method,
                 GROUP_SIZES[group_size],

@@ -12,10 +12,11 @@ import sys
 import threading
 
 from ..core.checkpoint import TernaryFormatError
+from ..quant.errors import QuantizeError
 from ..version import __version__
-from .errors import ToolError
+from .args import ToolError
 
-__all__ = ["COMMAND_MODULES", "ToolError", "build_parser", "main"]
+__all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 # subcommand modules, in the order `--help` lists them
 COMMAND_MODULES = [
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(resolve_threads(args.threads))
         return int(args.func(args) or 0)
-    except (ToolError, TernaryFormatError) as e:
+    except (QuantizeError, TernaryFormatError) as e:
         print(f"ternaryflux {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

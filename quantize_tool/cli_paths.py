@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..core.calibration_data import read_calibration_info
 from ..core.checkpoint import TernaryFormatError
-from .errors import ToolError
+from .args import ToolError
 
 
 def is_calibration_file(path: Path) -> bool:

@@ -10,15 +10,14 @@ Two sources:
      ternaryflux calibrate --recorded rec/*.safetensors --max-samples 64 \\
          --heldout-fraction 0.2 --heldout-out heldout.safetensors -o calib.safetensors
 
-2. Prompts (the built-in list of 1,000+ prompts, or --prompts FILE, one per line) run through the
-   float model with an Euler flow-matching sampler on the FLUX shift schedule; the latent is
-   recorded at several steps of each real trajectory (--record-steps). The prompts must be
-   encoded by T5-XXL and CLIP-L: pass local files with --t5 and --clip (this needs the
-   `transformers` library; without it calibrate says so and stops). --synthetic replaces the
-   text encoders by seeded random conditioning: for tests and pipeline checks only. Example:
+2. --synthetic: prompts (the built-in list of 1,000+ prompts, or --prompts FILE, one per line)
+   run through the float model with an Euler flow-matching sampler on the FLUX shift schedule,
+   the latent recorded at several steps of each trajectory (--record-steps), with seeded random
+   text conditioning in place of T5/CLIP: for pipeline checks and tests only. Real prompt
+   encoding happens in ComfyUI (its text encoders, your files): use source 1. Example:
 
-     ternaryflux calibrate --model flux1-dev.safetensors --t5 t5xxl_fp16.safetensors \\
-         --clip clip_l.safetensors --num-prompts 16 --steps 20 -o calib.safetensors
+     ternaryflux calibrate --model flux1-dev.safetensors --synthetic --num-prompts 4 \\
+         --size 256 --steps 8 --record-steps 0,4 -o calib-synthetic.safetensors
 
 Held-out splits are by trajectory (prompt), so eval never sees a step of a calibration image.
 """
@@ -28,7 +27,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -36,13 +34,14 @@ from tqdm import tqdm
 
 from ..core.calibration_data import CalibrationSample, write_calibration
 from ..core.flux_model import flux_from_state_dict
+from ..quant.calibration import load_calibration
+from ..quant.flux import resolve_device
+from ..quant.prompts import PromptListError, builtin_prompts, load_prompt_file
+from ..quant.sampling import euler_trajectory, flux_sigmas, synthetic_conditioning
+from ..quant.sources import open_source
+from .args import FORMATTER, ToolError, add_device_arg, add_progress_arg
 from .cli_paths import add_overwrite_arg, refuse_existing
-from .common import FORMATTER, add_device_arg, add_progress_arg, load_calibration
-from .errors import ToolError
-from .flux_quantize import resolve_device
 from .report import format_table
-from .sampling import euler_trajectory, flux_sigmas, synthetic_conditioning
-from .sources import open_source
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--max-samples", type=int, default=None, help="keep a seeded random subset of this many samples"
     )
-    g = p.add_argument_group("from prompts")
+    g = p.add_argument_group("synthetic (pipeline checks: random conditioning, no text encoder)")
     g.add_argument("--model", type=Path, help="float FLUX (any layout quantize accepts)")
     g.add_argument(
         "--prompts", type=Path, default=None, help="one prompt per line (default: the built-in list)"
@@ -74,12 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--num-prompts", type=int, default=16, help="prompts to sample (seeded choice; default 16)"
     )
-    g.add_argument("--t5", type=Path, help="local T5-XXL encoder file")
-    g.add_argument("--clip", type=Path, help="local CLIP-L encoder file")
     g.add_argument(
         "--synthetic",
         action="store_true",
-        help="seeded random text conditioning instead of T5/CLIP (tests only)",
+        help="required with --model: seeded random text conditioning instead of T5/CLIP (tests only)",
     )
     g.add_argument(
         "--size", type=int, default=1024, help="image size in pixels (latent = size/8; default 1024)"
@@ -106,11 +103,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device_arg(p)
     add_progress_arg(p)
     p.set_defaults(func=run)
-
-
-def builtin_prompts() -> list[str]:
-    text = resources.files(__package__).joinpath("data/calibration_prompts.txt").read_text(encoding="utf-8")
-    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
 
 
 def group_by_conditioning(samples: list[CalibrationSample]) -> list[list[CalibrationSample]]:
@@ -144,33 +136,13 @@ def _split(
     return cal, held
 
 
-def encode_prompts_with_text_encoders(t5: Path, clip: Path):
-    """Real T5/CLIP encoding outside ComfyUI."""
-    for f in (t5, clip):
-        if not f.is_file():
-            raise ToolError(f"{f}: no such text-encoder file")
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        raise ToolError(
-            "encoding prompts outside ComfyUI needs the `transformers` and `sentencepiece` libraries plus the T5-XXL "
-            "encoder (t5xxl_fp16.safetensors) and CLIP-L (clip_l.safetensors) with their tokenizer files; they are not "
-            "installed. Easiest: record calibration in ComfyUI with the Record Calibration node and run "
-            "`ternaryflux calibrate --recorded FILES`, or use --synthetic for a pipeline check"
-        ) from None
-    raise ToolError(
-        "T5/CLIP encoding from single .safetensors files is not implemented in this version (tokenizer configs are not "
-        "shipped with ComfyUI's encoder files); record calibration in ComfyUI with the Record Calibration node instead"
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     if args.heldout_fraction and not args.heldout_out:
         raise ToolError("--heldout-fraction needs --heldout-out FILE")
     if not 0 <= args.heldout_fraction < 1:
         raise ToolError("--heldout-fraction must be in [0, 1)")
     if bool(args.recorded) == bool(args.model):
-        raise ToolError("give either --recorded FILE... or --model FLUX (with --t5/--clip or --synthetic)")
+        raise ToolError("give either --recorded FILE... or --model FLUX --synthetic")
     refuse_existing(args.out, args.heldout_out, overwrite=args.overwrite)
     if args.recorded:
         samples, summary = load_calibration(args.recorded, args.max_samples, args.seed)
@@ -190,19 +162,15 @@ def run(args: argparse.Namespace) -> int:
 
 @torch.no_grad()
 def _from_prompts(args: argparse.Namespace) -> tuple[list[list[CalibrationSample]], dict]:
-    prompts = (
-        builtin_prompts()
-        if args.prompts is None
-        else [ln.strip() for ln in args.prompts.read_text().splitlines() if ln.strip()]
-    )
-    if not prompts:
-        raise ToolError(f"{args.prompts}: no prompts")
     if not args.synthetic:
-        if not (args.t5 and args.clip):
-            raise ToolError(
-                "prompts must be encoded: pass --t5 FILE and --clip FILE (local encoder files), or --synthetic for a test run"
-            )
-        encode_prompts_with_text_encoders(args.t5, args.clip)
+        raise ToolError(
+            "--model needs --synthetic: this tool has no text encoder. Real calibration data is recorded in ComfyUI "
+            "(Record Calibration node, your T5/CLIP files); then run `ternaryflux calibrate --recorded FILES`"
+        )
+    try:
+        prompts = builtin_prompts() if args.prompts is None else load_prompt_file(args.prompts)
+    except PromptListError as e:
+        raise ToolError(str(e)) from None
     try:
         record = sorted({int(s) for s in args.record_steps.split(",") if s.strip()})
     except ValueError:
@@ -258,7 +226,7 @@ def _from_prompts(args: argparse.Namespace) -> tuple[list[list[CalibrationSample
         tick.remove()
         bar.close()
     info = {
-        "source": "synthetic" if args.synthetic else "prompts",
+        "source": "synthetic",
         "model": src.files[0].name,
         "prompts": len(chosen),
         "steps": args.steps,

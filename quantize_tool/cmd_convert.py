@@ -18,9 +18,8 @@ import argparse
 from pathlib import Path
 
 from ..core.checkpoint import describe_file, is_ternary_file, load_checkpoint, write_checkpoint
+from .args import FORMATTER, ToolError
 from .cli_paths import add_overwrite_arg, refuse_existing
-from .common import FORMATTER
-from .errors import ToolError
 from .report import format_table, human_bytes
 
 

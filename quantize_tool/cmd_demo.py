@@ -21,16 +21,16 @@ from safetensors.torch import save_file
 
 from ..core.calibration_data import write_calibration
 from ..core.checkpoint import TernaryMetadata, load_checkpoint, write_checkpoint
-from ..core.convert import ternarize_model
 from ..core.fixtures import make_flux_inputs, make_tiny_flux, tiny_flux_config
+from ..core.flux_layout import is_ternary_layer
 from ..core.flux_model import flux_from_state_dict
-from .algorithms import TernaryConfig
+from ..quant.algorithms import TernaryConfig, quantize_
+from ..quant.evaluate import velocity_error
+from ..quant.flux import quantize_flux_tensors
+from ..quant.testing import trajectory_calibration
+from .args import ToolError
 from .cli_paths import add_overwrite_arg, refuse_existing
-from .errors import ToolError
-from .evaluate import velocity_error
-from .flux_quantize import quantize_flux_tensors
 from .report import format_table, human_bytes
-from .testing import trajectory_calibration
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -150,7 +150,9 @@ def _demo(args: argparse.Namespace, folder: Path, temporary: bool = False) -> in
 
     t0 = time.perf_counter()
     tern = make_tiny_flux(config, seed=args.seed, structured=True)
-    layers = ternarize_model(tern, args.method)
+    layers = list(
+        quantize_(tern, TernaryConfig(method=args.method), filter_fn=lambda m, n: is_ternary_layer(n))
+    )
     t_quant = time.perf_counter() - t0
     params_ternary = sum(int(tern.get_submodule(n).weight_shape.prod()) for n in layers)
 

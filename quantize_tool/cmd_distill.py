@@ -33,22 +33,14 @@ import torch
 
 from ..core.checkpoint import load_checkpoint, write_checkpoint
 from ..core.flux_model import flux_from_state_dict
+from ..quant.calibration import check_calibration_fits, load_calibration
+from ..quant.distill import DistillConfig, distill, export_student, make_student
+from ..quant.evaluate import velocity_error
+from ..quant.flux import peak_rss_bytes, resolve_device
+from ..quant.sources import open_source
+from .args import FORMATTER, ToolError, add_device_arg, add_progress_arg, default_report_path, write_json
 from .cli_paths import add_overwrite_arg, refuse_existing
-from .common import (
-    FORMATTER,
-    add_device_arg,
-    add_progress_arg,
-    check_calibration_fits,
-    default_report_path,
-    load_calibration,
-    write_json,
-)
-from .distill import DistillConfig, distill, export_student, make_student
-from .errors import ToolError
-from .evaluate import velocity_error
-from .flux_quantize import peak_rss_bytes, resolve_device
 from .report import format_table
-from .sources import open_source
 
 log = logging.getLogger(__name__)
 

@@ -22,19 +22,12 @@ from tqdm import tqdm
 
 from ..core.checkpoint import is_ternary_file, load_checkpoint
 from ..core.flux_model import flux_from_state_dict
-from .common import (
-    FORMATTER,
-    add_device_arg,
-    add_progress_arg,
-    check_calibration_fits,
-    load_calibration,
-    write_json,
-)
-from .errors import ToolError
-from .evaluate import compare_models
-from .flux_quantize import resolve_device
+from ..quant.calibration import check_calibration_fits, load_calibration
+from ..quant.evaluate import compare_models
+from ..quant.flux import resolve_device
+from ..quant.sources import open_source
+from .args import FORMATTER, ToolError, add_device_arg, add_progress_arg, write_json
 from .report import format_table
-from .sources import open_source
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,9 @@ from ..core.calibration_data import CALIBRATION_KEY
 from ..core.checkpoint import METADATA_KEY, TernaryMetadata, describe_file
 from ..core.defaults import DEFAULT_METHOD, method_needs_calibration
 from ..core.flux_layout import config_from_shapes, is_ternary_layer
-from .common import FORMATTER
-from .errors import ToolError
+from ..quant.sources import COMFY_PREFIX, DTYPE_NAMES, SafetensorsReader, open_source, resolve_files
+from .args import FORMATTER, ToolError
 from .report import format_table, human_bytes
-from .sources import COMFY_PREFIX, DTYPE_NAMES, SafetensorsReader, open_source, resolve_files
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,13 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", type=Path, help=".safetensors file, shard index, or diffusers transformer folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
 
 
 def inspect_file(path: Path) -> dict[str, Any]:
@@ -82,9 +75,9 @@ def inspect_file(path: Path) -> dict[str, Any]:
                 k.endswith(".weight") and f"{k}_scale" in shapes
             ):
                 continue
-            other += _numel(shapes[k])
+            other += math.prod(shapes[k])
             dt = DTYPE_NAMES.get(first.dtype_name(k), first.dtype_name(k))
-            dtypes[dt] = dtypes.get(dt, 0) + _numel(shapes[k])
+            dtypes[dt] = dtypes.get(dt, 0) + math.prod(shapes[k])
         cfg = config_from_shapes({k: v for k, v in shapes.items()})
         info.update(
             kind="ternaryflux",
@@ -110,7 +103,7 @@ def inspect_file(path: Path) -> dict[str, Any]:
     dtypes = {}
     total = ternary = 0
     for k, shp in src.shapes.items():
-        n = _numel(shp)
+        n = math.prod(shp)
         total += n
         dt = DTYPE_NAMES.get(src.dtypes[k], src.dtypes[k])
         dtypes[dt] = dtypes.get(dt, 0) + n

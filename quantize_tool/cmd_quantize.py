@@ -34,22 +34,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..core.defaults import BASELINE_METHOD, DEFAULT_METHOD, METHODS
-from .algorithms import ALL_CANDIDATES, DEFAULT_CANDIDATES, TernaryConfig
+from ..core.defaults import BASELINE_METHOD, DEFAULT_METHOD
+from ..quant.algorithms import ALL_CANDIDATES, BLOCK_INPUTS, DEFAULT_CANDIDATES, METHODS, TernaryConfig
+from ..quant.calibration import check_calibration_fits, load_calibration
+from ..quant.flux import quantize_flux
+from ..quant.sources import open_source
+from .args import FORMATTER, ToolError, add_device_arg, add_progress_arg, default_report_path, write_json
 from .cli_paths import add_overwrite_arg, expand_calibration_paths, is_calibration_file, refuse_existing
-from .common import (
-    FORMATTER,
-    add_device_arg,
-    add_progress_arg,
-    check_calibration_fits,
-    default_report_path,
-    load_calibration,
-    write_json,
-)
-from .errors import ToolError
-from .flux_quantize import quantize_flux
 from .report import format_table, human_bytes
-from .sources import open_source
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +102,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="calibrated: bias correction (auto = block error decides)",
     )
+    p.add_argument(
+        "--block-inputs",
+        choices=BLOCK_INPUTS,
+        default="float",
+        help="calibrated: calibrate each block on the float model's block inputs (float) or on the inputs "
+        "the already-ternary earlier blocks produce (sequential); the target is the float block output",
+    )
     add_device_arg(p)
     p.add_argument("--seed", type=int, default=0, help="seed for subsampling calibration data")
     p.add_argument(
@@ -148,7 +147,11 @@ def run(args: argparse.Namespace) -> int:
     src = open_source(args.source)
     cands = tuple(c.strip() for c in args.candidates.split(",") if c.strip())
     cfg = TernaryConfig(
-        method=args.method, group_size=args.group_size, candidates=cands, bias_correction=args.bias_correction
+        method=args.method,
+        group_size=args.group_size,
+        candidates=cands,
+        bias_correction=args.bias_correction,
+        block_inputs=args.block_inputs,
     )
     try:
         cfg.validate()

@@ -15,14 +15,15 @@ from ternaryflux.core.checkpoint import (
     load_checkpoint,
     write_checkpoint,
 )
-from ternaryflux.core.convert import ternarize_model
 from ternaryflux.core.fixtures import make_flux_state_dict, make_tiny_flux, tiny_flux_config
+from ternaryflux.core.flux_layout import is_ternary_layer
+from ternaryflux.quant.algorithms import TernaryConfig, quantize_
 
 
 @pytest.fixture(scope="module")
 def ternary_sd():
     model = make_tiny_flux(tiny_flux_config(depth=1, depth_single=1), seed=3)
-    ternarize_model(model)
+    quantize_(model, TernaryConfig(method="absmean"), filter_fn=lambda m, n: is_ternary_layer(n))
     return model.state_dict()
 
 

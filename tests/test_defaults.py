@@ -4,7 +4,8 @@ the `inspect` hint agree, and the baseline stays available and labelled."""
 import json
 from pathlib import Path
 
-from ternaryflux.core.defaults import BASELINE_METHOD, DEFAULT_METHOD, METHODS
+from ternaryflux.core.defaults import BASELINE_METHOD, DEFAULT_METHOD
+from ternaryflux.quant.algorithms import METHODS
 from ternaryflux.quantize_tool.cli import build_parser
 from ternaryflux.quantize_tool.cmd_inspect import next_step_hint
 

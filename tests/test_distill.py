@@ -13,8 +13,8 @@ import time
 import pytest
 import torch
 from ternaryflux.core.checkpoint import load_checkpoint
+from ternaryflux.quant.testing import write_structured_fixture
 from ternaryflux.quantize_tool.cli import main
-from ternaryflux.quantize_tool.testing import write_structured_fixture
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import save_file
 from ternaryflux.core.calibration_data import write_calibration
 from ternaryflux.core.fixtures import make_flux_state_dict, tiny_flux_config
-from ternaryflux.quantize_tool.testing import trajectory_calibration
+from ternaryflux.quant.testing import trajectory_calibration
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

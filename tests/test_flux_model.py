@@ -1,6 +1,5 @@
 import pytest
 import torch
-from ternaryflux.core.convert import ternarize_model
 from ternaryflux.core.fixtures import make_flux_inputs, make_flux_state_dict, make_tiny_flux, tiny_flux_config
 from ternaryflux.core.flux_layout import (
     FluxConfig,
@@ -10,6 +9,7 @@ from ternaryflux.core.flux_layout import (
 )
 from ternaryflux.core.flux_model import Flux, apply_rope, flux_from_state_dict, patchify, rope, unpatchify
 from ternaryflux.core.ternary_linear import TernaryLinear
+from ternaryflux.quant.algorithms import TernaryConfig, quantize_
 
 
 @pytest.mark.parametrize("guidance", [True, False], ids=["dev", "schnell"])
@@ -87,7 +87,7 @@ def test_rope_rotates_pairs_by_position_angle():
 def test_ternary_state_dict_loads_without_dense_weights():
     c = tiny_flux_config(hidden=128, depth=1, depth_single=1)
     m = make_tiny_flux(c, seed=1)
-    ternarize_model(m)
+    quantize_(m, TernaryConfig(method="absmean"), filter_fn=lambda mod, n: is_ternary_layer(n))
     inp = make_flux_inputs(c)
     with torch.no_grad():
         want = m.forward_latent(**inp)

@@ -13,12 +13,12 @@ from safetensors.torch import load_file, save_file
 from ternaryflux.core.calibration_data import write_calibration
 from ternaryflux.core.checkpoint import load_checkpoint
 from ternaryflux.core.fixtures import make_flux_state_dict
-from ternaryflux.quantize_tool.algorithms import TernaryConfig
+from ternaryflux.quant.algorithms import TernaryConfig
+from ternaryflux.quant.calibration import load_calibration
+from ternaryflux.quant.errors import QuantizeError
+from ternaryflux.quant.flux import TensorSource, quantize_flux_tensors
+from ternaryflux.quant.testing import structured_config, trajectory_calibration
 from ternaryflux.quantize_tool.cli import main
-from ternaryflux.quantize_tool.common import load_calibration
-from ternaryflux.quantize_tool.errors import ToolError
-from ternaryflux.quantize_tool.flux_quantize import TensorSource, quantize_flux_tensors
-from ternaryflux.quantize_tool.testing import structured_config, trajectory_calibration
 
 CALIB_SAMPLES = 3  # of 4 in the file: exercises the seeded subset, as the node's max_calibration_samples
 
@@ -116,6 +116,6 @@ def test_tensor_source_checks(fixture):
     assert src.get("img_in.weight").dtype == torch.float32
     assert src.get("img_in.weight", dtype=None).dtype == torch.bfloat16
     del sd["single_blocks.0.linear2.weight"]
-    with pytest.raises(ToolError, match="missing"):
+    with pytest.raises(QuantizeError, match="missing"):
         quantize_flux_tensors(sd, fixture["bf16"].with_name("never.safetensors"), TernaryConfig("absmean"))
     assert not fixture["bf16"].with_name("never.safetensors").exists()

@@ -1,4 +1,4 @@
-"""The Calibration Prompt node's pure helpers (``nodes/prompt_list.py``): no ComfyUI needed."""
+"""The calibration prompt lists (``quant/prompts.py``) behind the Calibration Prompt node and the CLI: no ComfyUI needed."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from ternaryflux.nodes import prompt_list
-from ternaryflux.nodes.prompt_list import (
+from ternaryflux.quant import prompts as prompt_list
+from ternaryflux.quant.prompts import (
     BUILTIN_PROMPTS_PATH,
     PromptListError,
     builtin_prompt_count,
@@ -33,7 +33,7 @@ def test_parse_skips_blank_and_comment_lines_and_strips():
 
 
 def test_builtin_list_is_the_shipped_file():
-    assert BUILTIN_PROMPTS_PATH == ROOT / "quantize_tool" / "data" / "calibration_prompts.txt"
+    assert BUILTIN_PROMPTS_PATH == ROOT / "quant" / "data" / "calibration_prompts.txt"
     prompts = builtin_prompts()
     assert len(prompts) >= 1000 and builtin_prompt_count() == len(prompts)
     assert all(p and not p.startswith("#") and p == p.strip() for p in prompts)
@@ -82,13 +82,12 @@ def test_missing_builtin_file_gives_one_clear_error(monkeypatch, tmp_path):
 def test_builtin_list_found_under_any_pack_folder_name(tmp_path):
     """ComfyUI loads the pack from custom_nodes/<any name>: the list is found next to the module."""
     pack = tmp_path / "custom_nodes" / "Some-Other-Name"
-    (pack / "nodes").mkdir(parents=True)
-    (pack / "quantize_tool" / "data").mkdir(parents=True)
-    shutil.copy(ROOT / "nodes" / "prompt_list.py", pack / "nodes" / "prompt_list.py")
-    (pack / "quantize_tool" / "data" / "calibration_prompts.txt").write_text("# h\none\ntwo\n")
+    (pack / "quant" / "data").mkdir(parents=True)
+    shutil.copy(ROOT / "quant" / "prompts.py", pack / "quant" / "prompts.py")
+    (pack / "quant" / "data" / "calibration_prompts.txt").write_text("# h\none\ntwo\n")
     code = (
         "import importlib.util, sys;"
-        f"spec = importlib.util.spec_from_file_location('m', {str(pack / 'nodes' / 'prompt_list.py')!r});"
+        f"spec = importlib.util.spec_from_file_location('m', {str(pack / 'quant' / 'prompts.py')!r});"
         "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m);"
         "print(m.builtin_prompts())"
     )
@@ -98,7 +97,7 @@ def test_builtin_list_found_under_any_pack_folder_name(tmp_path):
 
 def test_prompt_list_imports_without_comfyui():
     code = (
-        "import sys, ternaryflux.nodes.prompt_list as p; p.builtin_prompts();"
+        "import sys, ternaryflux.quant.prompts as p; p.builtin_prompts();"
         "assert 'folder_paths' not in sys.modules and 'comfy' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,12 +10,12 @@ import pytest
 import torch
 from ternaryflux.core.checkpoint import load_checkpoint
 from ternaryflux.core.flux_model import flux_from_state_dict
-from ternaryflux.quantize_tool.algorithms import TernaryConfig, quantize_
+from ternaryflux.quant.algorithms import TernaryConfig, quantize_
+from ternaryflux.quant.calibration import load_calibration
+from ternaryflux.quant.evaluate import compare_models
+from ternaryflux.quant.sources import open_source
+from ternaryflux.quant.testing import write_structured_fixture
 from ternaryflux.quantize_tool.cli import main
-from ternaryflux.quantize_tool.common import load_calibration
-from ternaryflux.quantize_tool.evaluate import compare_models
-from ternaryflux.quantize_tool.sources import open_source
-from ternaryflux.quantize_tool.testing import write_structured_fixture
 from torch import nn
 
 

@@ -11,17 +11,17 @@ import torch
 from ternaryflux.core.checkpoint import load_checkpoint
 from ternaryflux.core.flux_layout import FluxConfig
 from ternaryflux.core.packing import unpack_2bit
-from ternaryflux.core.ternarize import ternarize
-from ternaryflux.quantize_tool.flux_quantize import chunked_data_free
-from ternaryflux.quantize_tool.sources import open_source
-from ternaryflux.quantize_tool.testing import write_synthetic_flux
+from ternaryflux.core.ternarize import absmean, ternarize, ternarize_with_error, twn
+from ternaryflux.core.ternary_weight import TernaryWeight
+from ternaryflux.quant.sources import open_source
+from ternaryflux.quant.testing import write_synthetic_flux
 
 # Peak RSS from VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over from the parent
 # at fork, so a child of a large pytest process would report the parent's size.
 CHILD = r"""
 import json, sys, psutil
 from ternaryflux.quantize_tool.cli import main
-from ternaryflux.quantize_tool.flux_quantize import peak_rss_bytes
+from ternaryflux.quant.flux import peak_rss_bytes
 base = psutil.Process().memory_info().rss
 rc = main(["quantize", sys.argv[1], "-o", sys.argv[2], "--no-progress", "--device", "cpu"])
 print(json.dumps({"rc": rc, "base": base, "peak": peak_rss_bytes()}))
@@ -66,8 +66,58 @@ def test_chunked_equals_whole_matrix():
     for shape in [(300, 256), (1000, 512), (7, 1280)]:
         w = torch.randn(shape, generator=g).bfloat16()
         for method, gs in [("absmean", 0), ("twn", 0), ("absmean", 256)]:
-            tw, err = chunked_data_free(w, method, gs, chunk_elems=4096)
-            ref = ternarize(w.float(), method, gs)
+            tw, err = ternarize_with_error(w, method, gs, chunk_elems=4096)
+            # independent reference: the whole-matrix rounding functions, not the chunked driver
+            if method == "absmean":
+                codes, scale = absmean(w.float(), "group" if gs else "channel", gs)
+            else:
+                codes, scale = twn(w.float(), gs)
+            ref = TernaryWeight.from_codes(codes, scale, gs)
             _close(tw.packed, tw.scale, ref)
             want = float((w.float() - ref.dequantize()).norm() / w.float().norm())
             assert abs(err - want) < 1e-4
+
+
+def test_memory_sink_equals_the_file(tmp_path):
+    """The Ternarize node's in-memory sink gives exactly what loading the CLI's file gives."""
+    from safetensors.torch import load_file
+    from ternaryflux.core.checkpoint import METADATA_KEY, checkpoint_from_tensors
+    from ternaryflux.quant.algorithms import TernaryConfig
+    from ternaryflux.quant.flux import quantize_flux_tensors
+    from ternaryflux.quant.writer import MemoryWriter
+
+    cfg = FluxConfig(
+        hidden_size=128, num_heads=1, depth=1, depth_single_blocks=1, context_in_dim=64, vec_in_dim=32
+    )
+    path = tmp_path / "f.safetensors"
+    write_synthetic_flux(path, cfg)
+    sd = load_file(path)
+    out = tmp_path / "t.safetensors"
+    for packing in ("2bit", "base3"):
+        quantize_flux_tensors(
+            sd, out, TernaryConfig(method="twn", group_size=128), packing=packing, device="cpu"
+        )
+        sink = MemoryWriter()
+        quantize_flux_tensors(
+            sd, sink, TernaryConfig(method="twn", group_size=128), packing=packing, device="cpu"
+        )
+        mem = checkpoint_from_tensors(sink.tensors, sink.metadata[METADATA_KEY])
+        disk = load_checkpoint(out)
+        assert mem.metadata == disk.metadata and mem.ternary_layers == disk.ternary_layers
+        assert mem.state_dict.keys() == disk.state_dict.keys()
+        assert all(torch.equal(mem.state_dict[k], disk.state_dict[k]) for k in disk.state_dict)
+
+
+def test_memory_writer_checks_like_the_file_writer():
+    import pytest
+    from ternaryflux.quant.writer import MemoryWriter
+
+    w = MemoryWriter().start([("a", torch.float32, (2,)), ("b", torch.uint8, (1,))])
+    with pytest.raises(ValueError, match="only 1 of 2"), w:
+        with pytest.raises(ValueError, match="header order"):
+            w.write("b", torch.zeros(1, dtype=torch.uint8))
+        with pytest.raises(ValueError, match="header says"):
+            w.write("a", torch.zeros(3))
+        w.write("a", torch.ones(2))
+    # closing with a tensor missing is an error and keeps nothing
+    assert w.tensors == {}

@@ -9,11 +9,11 @@ import torch
 from ternaryflux.core.calibration_data import read_calibration, write_calibration
 from ternaryflux.core.checkpoint import load_checkpoint
 from ternaryflux.core.fixtures import make_flux_state_dict, tiny_flux_config
+from ternaryflux.quant.make_prompts import OUT, make_prompts
+from ternaryflux.quant.sampling import flux_sigmas
+from ternaryflux.quant.testing import trajectory_calibration, write_layouts
 from ternaryflux.quantize_tool.cli import COMMAND_MODULES, build_parser, main
 from ternaryflux.quantize_tool.cmd_calibrate import builtin_prompts
-from ternaryflux.quantize_tool.make_prompts import OUT, make_prompts
-from ternaryflux.quantize_tool.sampling import flux_sigmas
-from ternaryflux.quantize_tool.testing import trajectory_calibration, write_layouts
 
 
 @pytest.fixture(scope="module")
@@ -124,26 +124,16 @@ def test_calibrate_synthetic_records_real_trajectories(small, tmp_path):
     assert not torch.equal(cal[0].x, cal[1].x) and torch.equal(cal[0].context, cal[1].context)
 
 
-def test_calibrate_text_encoder_path_explains_what_is_needed(small, tmp_path, capsys):
-    t5 = tmp_path / "t5.safetensors"
-    t5.write_bytes(b"x")
-    rc = main(
-        [
-            "calibrate",
-            "--model",
-            str(small["bfl"]),
-            "--t5",
-            str(t5),
-            "--clip",
-            str(t5),
-            "-o",
-            str(tmp_path / "c.safetensors"),
-        ]
-    )
+def test_calibrate_model_without_synthetic_points_to_comfyui(small, tmp_path, capsys):
+    """The tool has no text encoder: --model needs --synthetic, and the error says where real
+    calibration data comes from. --t5/--clip no longer exist."""
+    out = tmp_path / "c.safetensors"
+    rc = main(["calibrate", "--model", str(small["bfl"]), "-o", str(out)])
     err = capsys.readouterr().err
-    assert rc == 2 and ("transformers" in err or "Record Calibration" in err)
-    rc = main(["calibrate", "--model", str(small["bfl"]), "-o", str(tmp_path / "c.safetensors")])
-    assert rc == 2 and "--synthetic" in capsys.readouterr().err
+    assert rc == 2 and "--synthetic" in err and "Record Calibration" in err and not out.exists()
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--model", str(small["bfl"]), "--t5", "x", "--clip", "x", "-o", str(out)])
+    assert "unrecognized arguments" in capsys.readouterr().err
 
 
 def test_eval_table_and_json(small, tmp_path, capsys):

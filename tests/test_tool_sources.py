@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import save_file
 from ternaryflux.core.checkpoint import load_checkpoint
 from ternaryflux.core.fixtures import make_flux_state_dict, tiny_flux_config
+from ternaryflux.quant.errors import QuantizeError
+from ternaryflux.quant.sources import open_source
+from ternaryflux.quant.testing import write_layouts
+from ternaryflux.quant.writer import StreamingSafetensorsWriter
 from ternaryflux.quantize_tool.cli import main
-from ternaryflux.quantize_tool.errors import ToolError
-from ternaryflux.quantize_tool.sources import open_source
-from ternaryflux.quantize_tool.st_writer import StreamingSafetensorsWriter
-from ternaryflux.quantize_tool.testing import write_layouts
 
 
 @pytest.fixture(scope="module")
@@ -209,5 +209,5 @@ def test_fp8_scaled_checkpoint_applies_scale_weight(tmp_path, layouts):
 def test_header_length_lie_is_caught(tmp_path):
     p = tmp_path / "lie.safetensors"
     p.write_bytes(struct.pack("<Q", 10**12) + b"{}")
-    with pytest.raises(ToolError, match="safetensors"):
+    with pytest.raises(QuantizeError, match="safetensors"):
         open_source(p)

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import save_file
 from ternaryflux.core.calibration_data import read_calibration, write_calibration
 from ternaryflux.core.fixtures import make_flux_state_dict, tiny_flux_config
+from ternaryflux.quant.testing import trajectory_calibration
+from ternaryflux.quantize_tool.args import ToolError
 from ternaryflux.quantize_tool.cli import default_threads, main, resolve_threads
-from ternaryflux.quantize_tool.errors import ToolError
-from ternaryflux.quantize_tool.testing import trajectory_calibration
 
 TOOL = [sys.executable, "-m", "ternaryflux"]
 

@@ -51,7 +51,7 @@ from ternaryflux.core.flux_layout import is_ternary_layer  # noqa: E402
 from ternaryflux.core.flux_model import flux_from_state_dict  # noqa: E402
 from ternaryflux.core.ternarize import ternarize  # noqa: E402
 from ternaryflux.core.ternary_weight import TernaryWeight  # noqa: E402
-from ternaryflux.nodes.prompt_list import builtin_prompts  # noqa: E402
+from ternaryflux.quant.prompts import builtin_prompts  # noqa: E402
 from ternaryflux.quantize_tool.cli import main as quantize_cli  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

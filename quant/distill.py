@@ -44,11 +44,12 @@ from torch import nn
 from tqdm import tqdm
 
 from ..core.calibration_data import CalibrationSample
+from ..core.checkpoint import layer_tensors
 from ..core.flux_model import Flux
-from ..core.ternary_linear import TernaryLinear, _set_submodule, ternary_modules
+from ..core.ternary_linear import TernaryLinear, set_submodule, ternary_modules
 from ..core.ternary_weight import TernaryWeight
-from .algorithms import flatten_outputs
-from .errors import ToolError
+from .capture import BlockCapture, flatten_outputs
+from .errors import QuantizeError
 from .evaluate import block_names
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def make_student(student: Flux, teacher: Flux | None) -> list[str]:
     names = [n for n, _ in ternary_modules(student)]
     for n in names:
         tw = teacher.get_submodule(n).weight.detach() if teacher is not None else None
-        _set_submodule(student, n, STETernaryLinear.from_ternary(student.get_submodule(n), tw))
+        set_submodule(student, n, STETernaryLinear.from_ternary(student.get_submodule(n), tw))
     return names
 
 
@@ -125,9 +126,7 @@ def export_student(
     out = dict(like)
     for n in names:
         m: STETernaryLinear = student.get_submodule(n)
-        tw = m.to_ternary()
-        out[f"{n}.weight"] = tw.packed
-        out[f"{n}.weight_scale"] = tw.scale
+        out.update(layer_tensors(n, m.to_ternary()))
         if m.bias is not None:
             out[f"{n}.bias"] = m.bias.detach().cpu().to(like[f"{n}.bias"].dtype)
     return out
@@ -183,24 +182,14 @@ def _lr_factor(step: int, total: int) -> float:
 
 
 def _block_loss(teacher: Flux, student: Flux, inp: dict, names: Sequence[str]) -> torch.Tensor:
-    t_in: dict[str, tuple] = {}
-    t_out: dict[str, list[torch.Tensor]] = {}
-    hooks = []
-    for n in names:
-        tb = teacher.get_submodule(n)
-        hooks.append(tb.register_forward_pre_hook(lambda m, a, n=n: t_in.__setitem__(n, a)))
-        hooks.append(tb.register_forward_hook(lambda m, a, o, n=n: t_out.__setitem__(n, flatten_outputs(o))))
-    try:
-        with torch.no_grad():
-            teacher.forward_latent(**inp)
-    finally:
-        for h in hooks:
-            h.remove()
+    with torch.no_grad(), BlockCapture(teacher, names) as cap:
+        teacher.forward_latent(**inp)
     loss = torch.zeros((), dtype=torch.float32)
     for n in names:
-        outs = flatten_outputs(student.get_submodule(n)(*t_in[n]))
-        for j, (o_s, o_t) in enumerate(zip(outs, t_out[n])):
-            upd = (o_t - t_in[n][j]).float().pow(2).sum().clamp_min(1e-12)
+        args, kwargs, t_out = cap.last(n)
+        outs = flatten_outputs(student.get_submodule(n)(*args, **kwargs))
+        for j, (o_s, o_t) in enumerate(zip(outs, t_out)):
+            upd = (o_t - args[j]).float().pow(2).sum().clamp_min(1e-12)
             loss = loss + (o_s.float() - o_t.float()).pow(2).sum() / upd
     return loss / len(names)
 
@@ -245,7 +234,7 @@ def distill(
     ``completed`` False when ``stop_after`` stopped it early."""
     device = device or torch.device("cpu")
     if not samples:
-        raise ToolError("distill needs calibration samples")
+        raise QuantizeError("distill needs calibration samples")
     fp = fingerprint(cfg, fingerprint_extra or {})
     ste = {n: m for n, m in student.named_modules() if isinstance(m, STETernaryLinear)}
     latents = [m.latent for m in ste.values()]
@@ -262,10 +251,12 @@ def distill(
     history: list[dict[str, float]] = []
     if resume:
         if not state_path.is_file():
-            raise ToolError(f"--resume: no state file {state_path} (it is written every --save-every steps)")
+            raise QuantizeError(
+                f"cannot resume: no state file {state_path} (it is written every {cfg.save_every} steps)"
+            )
         st = torch.load(state_path, map_location="cpu", weights_only=False)
         if st.get("fingerprint") != fp:
-            raise ToolError(
+            raise QuantizeError(
                 f"{state_path}: saved by a run with different settings or inputs; resume with the same arguments or delete it"
             )
         with torch.no_grad():

@@ -111,7 +111,7 @@ def write_synthetic_flux(
     """Write a FLUX-shaped BFL checkpoint of random weights tensor by tensor (bounded memory,
     for streaming tests and benchmarks). Returns the file size."""
     from ..core.flux_model import Flux
-    from .st_writer import StreamingSafetensorsWriter
+    from .writer import StreamingSafetensorsWriter
 
     with torch.device("meta"):
         shapes = [(k, tuple(v.shape)) for k, v in Flux(config).state_dict().items()]

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..core.calibration_data import CalibrationSample
 from ..core.flux_model import Flux
-from .algorithms import flatten_outputs
+from .capture import BlockCapture, flatten_outputs
 
 
 def block_names(model: Flux) -> list[str]:
@@ -59,33 +59,17 @@ def compare_models(
     per_sample = []
     for s in samples:
         inp = s.as_inputs(device, torch.float32)
-        t_in: dict[str, tuple] = {}
-        t_out: dict[str, list[torch.Tensor]] = {}
-        s_out: dict[str, list[torch.Tensor]] = {}
-        hooks = []
-        for n in names:
-            tb, sb = teacher.get_submodule(n), student.get_submodule(n)
-            hooks.append(tb.register_forward_pre_hook(lambda m, a, n=n, d=t_in: d.__setitem__(n, a)))
-            hooks.append(
-                tb.register_forward_hook(lambda m, a, o, n=n, d=t_out: d.__setitem__(n, flatten_outputs(o)))
-            )
-            hooks.append(
-                sb.register_forward_hook(lambda m, a, o, n=n, d=s_out: d.__setitem__(n, flatten_outputs(o)))
-            )
-        try:
+        with BlockCapture(teacher, names) as tcap, BlockCapture(student, names, inputs=False) as scap:
             vt = teacher.forward_latent(**inp)
             vs = student.forward_latent(**inp)
-        finally:
-            for h in hooks:
-                h.remove()
         vel.add(vs, vt, vt)
         per_sample.append(float((vs - vt).norm() / vt.norm().clamp_min(1e-12)))
         for n in names:
-            sb = student.get_submodule(n)
-            loc = flatten_outputs(sb(*t_in[n]))
-            for j, (o_s, o_t) in enumerate(zip(loc, t_out[n])):
-                local[n].add(o_s, o_t, o_t - t_in[n][j])
-            for o_s, o_t in zip(s_out[n], t_out[n]):
+            args, kwargs, t_out = tcap.last(n)
+            loc = flatten_outputs(student.get_submodule(n)(*args, **kwargs))
+            for j, (o_s, o_t) in enumerate(zip(loc, t_out)):
+                local[n].add(o_s, o_t, o_t - args[j])
+            for o_s, o_t in zip(scap.last(n)[2], t_out):
                 stream[n].add(o_s, o_t, o_t)
     return {
         "velocity_rel_err": vel.value,

@@ -21,16 +21,16 @@ import torch
 from tqdm import tqdm
 
 from ..core.calibration_data import CalibrationSample
-from ..core.checkpoint import METADATA_KEY, TernaryMetadata
+from ..core.checkpoint import METADATA_KEY, TernaryMetadata, layer_specs, layer_tensors
 from ..core.flux_layout import FluxConfig, is_ternary_layer
-from ..core.flux_model import DoubleStreamBlock, Flux, SingleStreamBlock, patchify
-from ..core.packing import pack_2bit, pack_base3, packed_2bit_cols, packed_base3_cols, unpack_2bit
-from ..core.ternarize import absmean, twn
-from ..core.ternary_weight import TernaryWeight, check_group_size, num_groups, round_scale_to_fp16
-from .algorithms import TernaryConfig, calibrate_block
-from .errors import ToolError
+from ..core.flux_model import DoubleStreamBlock, Flux, SingleStreamBlock
+from ..core.ternarize import ternarize_with_error
+from ..core.ternary_weight import check_group_size
+from .algorithms import TernaryConfig, quantize_
+from .capture import flatten_outputs
+from .errors import QuantizeError
 from .sources import DTYPE_NAMES, FileHasher, FluxShapes, SourceModel
-from .st_writer import DTYPE_TO_ST, StreamingSafetensorsWriter
+from .writer import DTYPE_TO_ST, MemoryWriter, StreamingSafetensorsWriter
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,9 @@ def resolve_device(device: str | None) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ToolError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+        raise QuantizeError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ToolError(f"--device {device}: this torch has no CUDA device; use --device cpu")
+        raise QuantizeError(f"device {device!r}: this torch has no CUDA device; use the CPU")
     return dev
 
 
@@ -101,33 +101,10 @@ def output_specs(
         if prefix is not None and is_ternary_layer(prefix):
             n, k = src.shapes[key]
             check_group_size(k, group_size)
-            cols = packed_2bit_cols(k) if packing == "2bit" else packed_base3_cols(k)
-            specs += [
-                (key, torch.uint8, (n, cols)),
-                # float16, as core.checkpoint.write_checkpoint stores quantizer-made scales
-                (f"{prefix}.weight_scale", torch.float16, (n, num_groups(k, group_size))),
-                (f"{prefix}.weight_shape", torch.int64, (2,)),
-            ]
+            specs += layer_specs(prefix, (n, k), group_size, packing)
         else:
             specs.append((key, _OUT_DTYPE[src.dtypes[key]], src.shapes[key]))
     return specs
-
-
-def ternary_tensors(prefix: str, tw: TernaryWeight, packing: str) -> dict[str, torch.Tensor]:
-    packed = tw.packed.cpu()
-    if packing == "base3":
-        packed = pack_base3(unpack_2bit(packed, tw.shape[1]))
-    scale = tw.scale.cpu().float()
-    scale16 = scale.to(torch.float16)
-    if not torch.equal(scale16.float(), scale):
-        # only scales outside float16's normal range (near-zero rows) can get here
-        err = ((scale16.float() - scale).abs() / scale.abs().clamp_min(1e-30)).max().item()
-        log.warning("%s: scales rounded to float16 with relative error up to %.2g", prefix, err)
-    return {
-        f"{prefix}.weight": packed,
-        f"{prefix}.weight_scale": scale16.contiguous(),
-        f"{prefix}.weight_shape": torch.tensor(tw.shape, dtype=torch.int64),
-    }
 
 
 @dataclass
@@ -140,6 +117,10 @@ class _Emitter:
 
     def add(self, name: str, t: torch.Tensor) -> None:
         dt, _ = self.specs[name]
+        if t.dtype != dt and name.endswith(".weight_scale"):
+            # layer_tensors keeps float32 only for scales outside float16's normal range
+            err = ((t.to(dt).float() - t.float()).abs() / t.float().abs().clamp_min(1e-30)).max().item()
+            log.warning("%s: scales rounded to %s with relative error up to %.2g", name, dt, err)
         self.pending[name] = t.detach().to("cpu", dt)
         while (n := self.writer.next_name) is not None and n in self.pending:
             self.writer.write(n, self.pending.pop(n))
@@ -164,7 +145,7 @@ class _LayerProgress:
 @torch.no_grad()
 def quantize_flux(
     src: SourceModel | TensorSource,
-    out: str | Path,
+    out: str | Path | MemoryWriter,
     config: TernaryConfig,
     packing: str = "2bit",
     calibration: Sequence[CalibrationSample] | None = None,
@@ -174,13 +155,14 @@ def quantize_flux(
     progress: bool = True,
     on_layer: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Quantize the FLUX ``src`` into the checkpoint ``out``; returns the JSON report (dict).
+    """Quantize the FLUX ``src`` into the checkpoint ``out`` (a file path, or a
+    :class:`~.writer.MemoryWriter` that keeps the tensors in memory); returns the JSON report.
 
     ``on_layer(done, total)`` is called after every ternary layer (e.g. a GUI progress bar; it
     may raise to cancel, and then ``out`` is left untouched)."""
     config.validate()
     if packing not in ("2bit", "base3"):
-        raise ToolError(f"unknown packing {packing!r}: use 2bit or base3")
+        raise QuantizeError(f"unknown packing {packing!r}: use 2bit or base3")
     dev = resolve_device(device)
     limit_heap_growth()
     cfg = src.config
@@ -189,10 +171,10 @@ def quantize_flux(
     try:
         specs = output_specs(src, config.group_size, packing)
     except ValueError as e:
-        raise ToolError(f"--group-size {config.group_size}: {e}") from None
+        raise QuantizeError(f"group size {config.group_size}: {e}") from None
     if config.method == "calibrated" and not calibration:
-        raise ToolError(
-            "--method calibrated needs --calibration FILE (record one with the Record Calibration node or `ternaryflux calibrate`)"
+        raise QuantizeError(
+            "method 'calibrated' needs calibration samples (record them with the Record Calibration node or `ternaryflux calibrate`)"
         )
     meta = TernaryMetadata(
         packing=packing,
@@ -209,7 +191,10 @@ def quantize_flux(
         },
         calibration=calibration_summary if config.method == "calibrated" else None,
     )
-    writer = StreamingSafetensorsWriter(out, specs, {METADATA_KEY: meta.to_json()})
+    if isinstance(out, MemoryWriter):
+        writer = out.start(specs, {METADATA_KEY: meta.to_json()})
+    else:
+        writer = StreamingSafetensorsWriter(out, specs, {METADATA_KEY: meta.to_json()})
     emitter = _Emitter(writer, {n: (dt, shp) for n, dt, shp in specs})
     layers: list[dict[str, Any]] = []
     n_ternary = sum(1 for n, _, _ in specs if n.endswith(".weight_scale"))
@@ -235,9 +220,9 @@ def quantize_flux(
             writer.header_patches[_SHA_PLACEHOLDER.encode()] = digest.encode()
     seconds = time.perf_counter() - t_start
     in_bytes = src.source_bytes()
-    out_bytes = Path(out).stat().st_size
+    out_bytes = writer.total_bytes if isinstance(out, MemoryWriter) else Path(out).stat().st_size
     report = {
-        "output": str(out),
+        "output": "<memory>" if isinstance(out, MemoryWriter) else str(out),
         "source": [str(f) for f in src.files],
         "source_layout": src.layout_name,
         "source_dtype": DTYPE_NAMES.get(src.main_dtype(), src.main_dtype()),
@@ -289,7 +274,7 @@ class TensorSource(FluxShapes):
         """A BFL-layout state dict (``*.scale`` RMSNorm keys, as the BFL files have them)."""
         bad = [k for k, v in sd.items() if v.dtype not in DTYPE_TO_ST]
         if bad:
-            raise ToolError(f"{name}: tensor {bad[0]!r} has unsupported dtype {sd[bad[0]].dtype}")
+            raise QuantizeError(f"{name}: tensor {bad[0]!r} has unsupported dtype {sd[bad[0]].dtype}")
         return cls(
             {k: tuple(v.shape) for k, v in sd.items()},
             {k: DTYPE_TO_ST[v.dtype] for k, v in sd.items()},
@@ -336,15 +321,15 @@ def check_tensor_source(src: TensorSource) -> FluxConfig:
     try:
         cfg = src.config
     except (KeyError, ValueError) as e:
-        raise ToolError(f"{src.name}: not a FLUX.1 transformer ({e})") from None
+        raise QuantizeError(f"{src.name}: not a FLUX.1 transformer ({e})") from None
     with torch.device("meta"):
         want = {k: tuple(v.shape) for k, v in Flux(cfg).state_dict().items()}
     missing = sorted(set(want) - set(src.shapes))
     if missing:
-        raise ToolError(f"{src.name}: {len(missing)} FLUX tensors missing, e.g. {missing[:3]}")
+        raise QuantizeError(f"{src.name}: {len(missing)} FLUX tensors missing, e.g. {missing[:3]}")
     wrong = [k for k, s in want.items() if tuple(src.shapes[k]) != s]
     if wrong:
-        raise ToolError(
+        raise QuantizeError(
             f"{src.name}: {wrong[0]!r} has shape {src.shapes[wrong[0]]}, expected {want[wrong[0]]}"
         )
     extra = sorted(set(src.shapes) - set(want))
@@ -360,7 +345,7 @@ def check_tensor_source(src: TensorSource) -> FluxConfig:
 
 def quantize_flux_tensors(
     src: TensorSource | Mapping[str, torch.Tensor],
-    out: str | Path,
+    out: str | Path | MemoryWriter,
     config: TernaryConfig,
     calibration: Sequence[CalibrationSample] | None = None,
     calibration_summary: dict[str, Any] | None = None,
@@ -380,7 +365,7 @@ def quantize_flux_tensors(
         src = TensorSource.from_state_dict(src)
     cfg = check_tensor_source(src)
     if calibration:
-        from .common import check_calibration_fits
+        from .calibration import check_calibration_fits
 
         check_calibration_fits(calibration, cfg.in_channels, cfg.context_in_dim, cfg.vec_in_dim)
     return quantize_flux(
@@ -397,44 +382,6 @@ def quantize_flux_tensors(
     )
 
 
-def chunked_data_free(
-    w: torch.Tensor, method: str, group_size: int, chunk_elems: int = 1 << 17
-) -> tuple[TernaryWeight, float]:
-    """Data-free ternarization of ``w`` (any float dtype) a slab of rows at a time: every method
-    is per row (or per group inside a row), so the result equals the whole-matrix one while the
-    float32 temporaries stay cache-sized. Returns the weight and its relative L2 error.
-
-    The default slab (128 Ki elements, 512 KB in float32) keeps every temporary under the 1 MB
-    mmap threshold set by :func:`limit_heap_growth`, so they are reused from the heap instead of
-    being page-faulted in fresh each time: measured 3x faster (485 vs 151 MB/s of bf16 input on
-    a 12288x3072 weight, 2 cores) than 4 Mi-element slabs."""
-    n, k = w.shape
-    rows = max(1, chunk_elems // k)
-    packed, raw, rounded = [], [], []
-    err = ref = 0.0
-    for r0 in range(0, n, rows):
-        wc = w[r0 : r0 + rows].float()
-        if method == "absmean":
-            codes, scale = absmean(wc, "group" if group_size else "channel", group_size)
-        else:
-            codes, scale = twn(wc, group_size)
-        packed.append(pack_2bit(codes))
-        raw.append(scale)
-        scale = round_scale_to_fp16(scale)  # as TernaryWeight.from_codes does
-        rounded.append(scale)
-        t = codes.to(torch.float32).sub_(1)
-        s = scale if group_size == 0 else scale.repeat_interleave(group_size, dim=1)
-        err += float(torch.linalg.vector_norm(torch.addcmul(wc, t, s, value=-1))) ** 2
-        ref += float(torch.linalg.vector_norm(wc)) ** 2
-    scale = torch.cat(rounded)
-    whole = round_scale_to_fp16(torch.cat(raw))
-    tw = TernaryWeight(torch.cat(packed), whole, (n, k), group_size)
-    if not torch.equal(whole, scale):  # fp16 rounding refused for the matrix as a whole: exact error
-        wf = w.float()
-        err = float(torch.linalg.vector_norm(wf - tw.dequantize())) ** 2
-    return tw, (err / ref) ** 0.5 if ref > 0 else 0.0
-
-
 def _quantize_data_free(src, config, packing, emitter, dev, layers, bar) -> None:
     for name, _dt, _shp in list(emitter.writer.specs):
         if name.endswith((".weight_scale", ".weight_shape")):
@@ -443,9 +390,9 @@ def _quantize_data_free(src, config, packing, emitter, dev, layers, bar) -> None
         if prefix is not None and is_ternary_layer(prefix):
             t0 = time.perf_counter()
             w = src.get(name, dtype=None).to(dev)
-            tw, err = chunked_data_free(w, config.method, config.group_size)
+            tw, err = ternarize_with_error(w, config.method, config.group_size)
             del w
-            for k, v in ternary_tensors(prefix, tw, packing).items():
+            for k, v in layer_tensors(prefix, tw, packing).items():
                 emitter.add(k, v)
             layers.append(
                 {
@@ -485,35 +432,48 @@ def _quantize_calibrated(
         emitter.add(k, src.get(k))
     streams = []
     for s in calibration:
-        inp = s.as_inputs(dev, torch.float32)
-        img, img_ids, _ = patchify(inp["x"])
-        txt_ids = torch.zeros(img.shape[0], inp["context"].shape[1], 3, device=dev)
-        vec = skeleton.embed_vector(inp["timestep"], inp["y"], inp["guidance"])
-        pe = skeleton.pe_embedder(torch.cat((txt_ids, img_ids), dim=1))
-        streams.append(
-            {"img": skeleton.img_in(img), "txt": skeleton.txt_in(inp["context"]), "vec": vec, "pe": pe}
-        )
+        streams.append(skeleton.embed(**Flux.latent_to_tokens(**s.as_inputs(dev, torch.float32))))
     del skeleton
 
-    def do_block(prefix: str, block: torch.nn.Module, run, names: list[str]) -> list[torch.Tensor]:
+    sequential = config.block_inputs == "sequential"
+    # sequential: each block is calibrated on the inputs that the already-ternary earlier blocks
+    # produce (``tstreams``), against the float model's block output (from ``streams``)
+    tstreams = [dict(s) for s in streams] if sequential else streams
+
+    def do_block(
+        prefix: str, block: torch.nn.Module, args_of: Callable[[dict], tuple], names: list[str]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Calibrate one block with :func:`~.algorithms.quantize_`; returns (float outputs, outputs
+        of the ternary block on its own inputs), flattened in stream order."""
         block = _load_module(block, src, prefix, dev)
-        target = [t.clone() for t in run(block)]
+        target = [t.clone() for s in streams for t in flatten_outputs(block(*args_of(s)))]
         t0 = time.perf_counter()
-        res = calibrate_block(block, run, target, names, config, progress=lambda n: bar.update(1))
+        wanted = set(names)
+        res = quantize_(
+            block,
+            config,
+            calibration=[args_of(s) for s in tstreams],
+            filter_fn=lambda m, n: n in wanted,
+            targets=target,
+            replace=False,
+            progress=lambda n: bar.update(1),
+        )
         dt = (time.perf_counter() - t0) / max(len(res), 1)
         for key in block.state_dict():
             full = prefix + key
             lp = full[: -len(".weight")] if key.endswith(".weight") else None
             if lp is not None and lp[len(prefix) :] in res:
                 r = res[lp[len(prefix) :]]
-                for k, v in ternary_tensors(lp, r.weight, packing).items():
+                for k, v in layer_tensors(lp, r.weight, packing).items():
                     emitter.add(k, v)
                 layers.append({**r.report(), "layer": lp, "shape": list(r.weight.shape), "seconds": dt})
             elif key.endswith(".bias") and key[: -len(".bias")] in res:
                 emitter.add(full, res[key[: -len(".bias")]].bias)
             else:
                 emitter.add(full, src.get(full))
-        return target
+        if not sequential:
+            return target, target
+        return target, [t.clone() for s in tstreams for t in flatten_outputs(block(*args_of(s)))]
 
     kw = {"dtype": torch.float32}
     for i in range(cfg.depth):
@@ -526,14 +486,13 @@ def _quantize_calibrated(
             if isinstance(m, torch.nn.Linear) and is_ternary_layer(prefix + n)
         ]
 
-        def run(b, streams=streams):
-            return [t for s in streams for t in b(s["img"], s["txt"], s["vec"], s["pe"])]
-
-        target = do_block(prefix, block, run, names)
-        for j, s in enumerate(streams):
-            s["img"], s["txt"] = target[2 * j], target[2 * j + 1]
-    for s in streams:
-        s["x"] = torch.cat((s.pop("txt"), s.pop("img")), dim=1)
+        target, tout = do_block(prefix, block, lambda s: (s["img"], s["txt"], s["vec"], s["pe"]), names)
+        for ss, out in ((streams, target), (tstreams, tout)) if sequential else ((streams, target),):
+            for j, s in enumerate(ss):
+                s["img"], s["txt"] = out[2 * j], out[2 * j + 1]
+    for ss in (streams, tstreams) if sequential else (streams,):
+        for s in ss:
+            s["x"] = torch.cat((s.pop("txt"), s.pop("img")), dim=1)
     for i in range(cfg.depth_single_blocks):
         prefix = f"single_blocks.{i}."
         with torch.device("meta"):
@@ -544,12 +503,10 @@ def _quantize_calibrated(
             if isinstance(m, torch.nn.Linear) and is_ternary_layer(prefix + n)
         ]
 
-        def run(b, streams=streams):
-            return [b(s["x"], s["vec"], s["pe"]) for s in streams]
-
-        target = do_block(prefix, block, run, names)
-        for j, s in enumerate(streams):
-            s["x"] = target[j]
+        target, tout = do_block(prefix, block, lambda s: (s["x"], s["vec"], s["pe"]), names)
+        for ss, out in ((streams, target), (tstreams, tout)) if sequential else ((streams, target),):
+            for j, s in enumerate(ss):
+                s["x"] = out[j]
     for name, _dt, _shp in list(emitter.writer.specs):
         if name.startswith("final_layer."):
             emitter.add(name, src.get(name))

@@ -1,15 +1,20 @@
-"""A streaming safetensors writer: header first (from known names/shapes/dtypes), then each
-tensor's bytes in order, into a temporary file in the target folder that is renamed over the
-target only when every tensor has been written. ``safetensors.torch.save_file`` needs every
-tensor in memory at once; this needs one.
+"""Where the streaming quantizer's output goes: a safetensors file or memory.
 
-The file is byte-compatible with safetensors (8-byte little-endian header length, JSON header
-padded with spaces to a multiple of 8, tensors packed back to back in header order).
+:class:`StreamingSafetensorsWriter` writes the header first (from known names/shapes/dtypes),
+then each tensor's bytes in order, into a temporary file in the target folder that is renamed
+over the target only when every tensor has been written. ``safetensors.torch.save_file`` needs
+every tensor in memory at once; this needs one. The file is byte-compatible with safetensors
+(8-byte little-endian header length, JSON header padded with spaces to a multiple of 8, tensors
+packed back to back in header order).
+
+:class:`MemoryWriter` takes the same calls and keeps the tensors in a dict (the Ternarize FLUX
+node's sink: no temporary file).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import tempfile
@@ -32,6 +37,17 @@ DTYPE_TO_ST = {
     torch.uint8: "U8",
     torch.bool: "BOOL",
 }
+
+
+def _check_next(specs: Sequence[tuple[str, torch.dtype, tuple[int, ...]]], i: int, name: str, tensor) -> None:
+    """Both writers take tensors in header order, with the declared dtype and shape."""
+    if i >= len(specs):
+        raise ValueError(f"unexpected tensor {name!r}: every tensor has been written")
+    want, dt, shp = specs[i]
+    if name != want:
+        raise ValueError(f"tensors must be written in header order: expected {want!r}, got {name!r}")
+    if tensor.dtype != dt or tuple(tensor.shape) != shp:
+        raise ValueError(f"{name}: got {tensor.dtype} {tuple(tensor.shape)}, header says {dt} {shp}")
 
 
 class StreamingSafetensorsWriter:
@@ -57,7 +73,7 @@ class StreamingSafetensorsWriter:
             header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
         off = 0
         for n, dt, shp in self.specs:
-            nb = _numel(shp) * torch.empty((), dtype=dt).element_size()
+            nb = math.prod(shp) * torch.empty((), dtype=dt).element_size()
             header[n] = {"dtype": DTYPE_TO_ST[dt], "shape": list(shp), "data_offsets": [off, off + nb]}
             off += nb
         raw = json.dumps(header, separators=(",", ":")).encode()
@@ -85,13 +101,7 @@ class StreamingSafetensorsWriter:
     def write(self, name: str, tensor: torch.Tensor) -> None:
         if self._fh is None:
             raise RuntimeError("writer is not open (use it as a context manager)")
-        if self._next >= len(self.specs):
-            raise ValueError(f"unexpected tensor {name!r}: every tensor has been written")
-        want, dt, shp = self.specs[self._next]
-        if name != want:
-            raise ValueError(f"tensors must be written in header order: expected {want!r}, got {name!r}")
-        if tensor.dtype != dt or tuple(tensor.shape) != shp:
-            raise ValueError(f"{name}: got {tensor.dtype} {tuple(tensor.shape)}, header says {dt} {shp}")
+        _check_next(self.specs, self._next, name, tensor)
         t = tensor.detach().to("cpu").contiguous()
         if t.numel():
             self._fh.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
@@ -140,8 +150,60 @@ class StreamingSafetensorsWriter:
             self.close()
 
 
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
+class MemoryWriter:
+    """The in-memory twin of :class:`StreamingSafetensorsWriter`: the same checks and order,
+    the tensors end up in :attr:`tensors` and the header metadata in :attr:`metadata`."""
+
+    def __init__(self) -> None:
+        self.specs: list[tuple[str, torch.dtype, tuple[int, ...]]] = []
+        self.metadata: dict[str, str] = {}
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.header_patches: dict[bytes, bytes] = {}
+        self._next = 0
+        self._open = False
+
+    def start(
+        self, specs: Sequence[tuple[str, torch.dtype, Sequence[int]]], metadata: dict[str, str] | None = None
+    ) -> MemoryWriter:
+        self.specs = [(n, dt, tuple(int(s) for s in shp)) for n, dt, shp in specs]
+        if len({n for n, _, _ in self.specs}) != len(self.specs):
+            raise ValueError("duplicate tensor names")
+        self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
+        self.tensors, self._next = {}, 0
+        return self
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(math.prod(shp) * torch.empty((), dtype=dt).element_size() for _, dt, shp in self.specs)
+
+    def __enter__(self) -> MemoryWriter:
+        self._open = True
+        return self
+
+    @property
+    def next_name(self) -> str | None:
+        return self.specs[self._next][0] if self._next < len(self.specs) else None
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        if not self._open:
+            raise RuntimeError("writer is not open (use it as a context manager)")
+        _check_next(self.specs, self._next, name, tensor)
+        self.tensors[name] = tensor.detach().to("cpu").contiguous()
+        self._next += 1
+
+    def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        if self._next != len(self.specs):
+            self.tensors = {}
+            raise ValueError(f"only {self._next} of {len(self.specs)} tensors were written")
+        for old, new in self.header_patches.items():
+            self.metadata = {k: v.replace(old.decode(), new.decode()) for k, v in self.metadata.items()}
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._open = False
+            self.tensors = {}
+        else:
+            self.close()

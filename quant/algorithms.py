@@ -2,7 +2,7 @@
 
 Entry point, in the spirit of torchao's ``quantize_``::
 
-    from ternaryflux.quantize_tool.algorithms import TernaryConfig, quantize_
+    from ternaryflux.quant.algorithms import TernaryConfig, quantize_
     quantize_(model, TernaryConfig(method="calibrated", group_size=0),
               calibration=[(x1,), (x2,), ...],            # positional args (or dicts of kwargs)
               filter_fn=lambda module, name: "blocks" in name,
@@ -51,15 +51,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.ternarize import absmean, ternarize, twn
-from ..core.ternary_linear import TernaryLinear, _set_submodule
+from ..core.ternarize import absmean, grouped, ternarize, twn
+from ..core.ternary_linear import TernaryLinear, set_submodule
 from ..core.ternary_weight import TernaryWeight, check_group_size
+from .capture import BlockCapture, flatten_outputs, move
 
 log = logging.getLogger(__name__)
 
 METHODS = ("absmean", "twn", "calibrated")
 ALL_CANDIDATES = ("absmean", "twn", "twn_grid", "aw_sqrt", "aw", "gptq")
 DEFAULT_CANDIDATES = ("twn", "aw_sqrt", "gptq")
+BLOCK_INPUTS = ("float", "sequential")
 EPS = 1e-12
 
 
@@ -75,7 +77,9 @@ class TernaryConfig:
     act_order: bool = True
     gptq_min_tokens: float = 1.0  # gptq only when calibration gives >= this many input rows per input channel
     grid: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2)
-    block_inputs: str = "float"  # "float": float model's block inputs | "ternary": the partly ternary model's
+    # "float": each block calibrated on the float model's block inputs | "sequential": on the inputs
+    # that the already-ternary earlier blocks produce (GPTQ's convention); target: the float output
+    block_inputs: str = "float"
     max_gram_k: int = 16384  # larger inputs use the diagonal only (no gptq candidate)
     device: str | None = None
 
@@ -85,8 +89,8 @@ class TernaryConfig:
         bad = [c for c in self.candidates if c not in ALL_CANDIDATES]
         if bad:
             raise ValueError(f"unknown candidates {bad}: use any of {ALL_CANDIDATES}")
-        if self.block_inputs not in ("float", "ternary"):
-            raise ValueError("block_inputs must be 'float' or 'ternary'")
+        if self.block_inputs not in BLOCK_INPUTS:
+            raise ValueError(f"block_inputs must be one of {BLOCK_INPUTS}, got {self.block_inputs!r}")
         if self.bias_correction not in ("auto", "on", "off"):
             raise ValueError("bias_correction must be 'auto', 'on' or 'off'")
 
@@ -142,20 +146,15 @@ class LayerStats:
 # ----------------------------------------------------------------------------- per-layer candidates
 
 
-def _grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
-    n, k = w.shape
-    return w.reshape(n, 1 if group_size == 0 else k // group_size, -1)
-
-
 def weighted_threshold(
     w: torch.Tensor, importance: torch.Tensor | None, group_size: int, grid: Sequence[float]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row/group: ``T = sign(W)[|W| > f mean|W|]`` with ``f`` from ``grid`` and the scale
     ``alpha = sum(d |W| T) / sum(d T^2)`` minimising ``sum_k d_k (W_k - alpha T_k)^2``, where
     ``d`` is the per-input-channel importance (ones = plain L2)."""
-    g = _grouped(w.float(), group_size)
+    g = grouped(w.float(), group_size)
     a = g.abs()
-    d = torch.ones_like(a) if importance is None else _grouped(importance.float().expand_as(w), group_size)
+    d = torch.ones_like(a) if importance is None else grouped(importance.float().expand_as(w), group_size)
     m = a.mean(-1, keepdim=True)
     best_err = torch.full(a.shape[:-1], math.inf, device=w.device)
     best_f = torch.zeros(a.shape[:-1], device=w.device)
@@ -194,8 +193,8 @@ def ls_scales(w: torch.Tensor, codes: torch.Tensor, h: torch.Tensor, group_size:
         den = (th * t).sum(1)
         return (num / den.clamp_min(EPS)).clamp_min(0).unsqueeze(1)
     d = torch.diagonal(h).expand_as(w)
-    num = _grouped(d * w * t, group_size).sum(-1)
-    den = _grouped(d * t * t, group_size).sum(-1)
+    num = grouped(d * w * t, group_size).sum(-1)
+    den = grouped(d * t * t, group_size).sum(-1)
     return (num / den.clamp_min(EPS)).clamp_min(0)
 
 
@@ -285,16 +284,6 @@ def dequant(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- block calibration
-
-
-def flatten_outputs(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in flatten_outputs(v)]
-    if isinstance(out, (list, tuple)):
-        return [t for v in out for t in flatten_outputs(v)]
-    return []
 
 
 def output_error(outs: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> float:
@@ -431,20 +420,10 @@ def _call(model: nn.Module, inp: Any) -> Any:
     return model(inp)
 
 
-def _to(x: Any, device) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, dict):
-        return {k: _to(v, device) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to(v, device) for v in x)
-    return x
-
-
 def _swap(model: nn.Module, name: str, tw: TernaryWeight, bias: torch.Tensor | None, like: nn.Linear) -> None:
     dev = like.weight.device
     b = None if bias is None else bias.to(device=dev, dtype=like.bias.dtype)
-    _set_submodule(model, name, TernaryLinear.from_weight(tw.to(dev), b))
+    set_submodule(model, name, TernaryLinear.from_weight(tw.to(dev), b))
 
 
 @torch.no_grad()
@@ -455,8 +434,13 @@ def quantize_(
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
     blocks: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    targets: Sequence[torch.Tensor] | None = None,
+    replace: bool = True,
 ) -> dict[str, LayerResult | TernaryWeight]:
     """Replace ``model``'s selected ``nn.Linear`` layers by ternary ones, in place.
+
+    The one entry point of every ternarization in the project: the streaming FLUX driver
+    (:mod:`.flux`) calls it block by block, the demo and tests on whole models.
 
     Args:
         config: method and options (:class:`TernaryConfig`).
@@ -466,10 +450,17 @@ def quantize_(
         blocks: module paths calibrated one after another, each on the float model's inputs to
             it and judged by its own output error. Default: the whole model is one block (its
             output error decides), fine for small models.
+        targets: without ``blocks``: the outputs to match (flattened, in input order) instead of
+            the model's own outputs on ``calibration`` (the FLUX driver's sequential mode feeds
+            the ternary stream's inputs but matches the float model's block outputs).
+        replace: ``False`` keeps the ``nn.Linear`` modules, holding the dequantized ternary
+            weights (and corrected biases), instead of swapping in :class:`TernaryLinear`.
     Returns: layer name -> :class:`LayerResult` (calibrated) or :class:`TernaryWeight`.
     """
     cfg = config or TernaryConfig()
     cfg.validate()
+    if blocks and targets is not None:
+        raise ValueError("targets apply to a single block: pass either blocks or targets")
     sel = [
         n
         for n, m in model.named_modules()
@@ -481,7 +472,10 @@ def quantize_(
             lin = model.get_submodule(n)
             w = lin.weight if cfg.device is None else lin.weight.to(cfg.device)
             tw = ternarize(w, cfg.method, cfg.group_size)
-            _swap(model, n, tw, lin.bias, lin)
+            if replace:
+                _swap(model, n, tw, lin.bias, lin)
+            else:
+                lin.weight.data.copy_(tw.dequantize().to(lin.weight))
             out[n] = tw
             if progress:
                 progress(n)
@@ -494,10 +488,13 @@ def quantize_(
     dev = cfg.device or next(model.parameters()).device
     home = next(model.parameters()).device
     model.to(dev)
-    inputs = [_to(i, dev) for i in inputs]
+    inputs = [move(i, dev) for i in inputs]
     results: dict[str, LayerResult] = {}
     if not blocks:
-        target = [t.clone() for i in inputs for t in flatten_outputs(_call(model, i))]
+        if targets is None:
+            target = [t.clone() for i in inputs for t in flatten_outputs(_call(model, i))]
+        else:
+            target = [t.to(dev) for t in targets]
         results = calibrate_block(
             model,
             lambda m: [t for i in inputs for t in flatten_outputs(_call(m, i))],
@@ -507,55 +504,33 @@ def quantize_(
             progress,
         )
     else:
-        # capture every block's float inputs and outputs in one float pass
-        captured: dict[str, list[tuple[tuple, dict]]] = {b: [] for b in blocks}
-        outs: dict[str, list[torch.Tensor]] = {b: [] for b in blocks}
-        hooks = []
-        for b in blocks:
-            mod = model.get_submodule(b)
-            hooks.append(
-                mod.register_forward_pre_hook(
-                    lambda m, a, k, b=b: captured[b].append((_to(a, dev), _to(k, dev))), with_kwargs=True
-                )
-            )
-            hooks.append(
-                mod.register_forward_hook(
-                    lambda m, a, o, b=b: outs[b].extend(t.clone() for t in flatten_outputs(o))
-                )
-            )
-        try:
+        # every block's float inputs and outputs, in one float pass
+        with BlockCapture(model, blocks, device=dev, clone_outputs=True) as floats:
             for i in inputs:
                 _call(model, i)
-        finally:
-            for h in hooks:
-                h.remove()
         for b in blocks:
             mod = model.get_submodule(b)
             names = [n for n in sel if n.startswith(b + ".")]
             if not names:
                 continue
-            cap = captured[b]
-            if cfg.block_inputs == "ternary":
+            cap = floats.inputs[b]
+            if cfg.block_inputs == "sequential":
                 # inputs from the model whose earlier blocks are already ternary (in place)
-                cap = []
-                h = mod.register_forward_pre_hook(
-                    lambda m, a, k, cap=cap: cap.append((_to(a, dev), _to(k, dev))), with_kwargs=True
-                )
-                try:
+                with BlockCapture(model, [b], outputs=False, device=dev) as tern:
                     for i in inputs:
                         _call(model, i)
-                finally:
-                    h.remove()
+                cap = tern.inputs[b]
 
             def run(m, cap=cap):
                 return [t for a, k in cap for t in flatten_outputs(m(*a, **k))]
 
-            res = calibrate_block(mod, run, outs[b], [n[len(b) + 1 :] for n in names], cfg, progress)
+            target = [t for outs in floats.outputs[b] for t in outs]
+            res = calibrate_block(mod, run, target, [n[len(b) + 1 :] for n in names], cfg, progress)
             results.update({f"{b}.{n}": r for n, r in res.items()})
         rest = [n for n in sel if n not in results]
         if rest:
             raise ValueError(f"layers outside every block: {rest[:3]}; add their blocks or filter them out")
-    for n, r in results.items():
+    for n, r in results.items() if replace else ():
         _swap(model, n, r.weight, r.bias, model.get_submodule(n))
     model.to(home)
     return results

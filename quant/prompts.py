@@ -1,8 +1,8 @@
-"""Calibration prompt lists for the *Calibration Prompt* node (pure Python, no ComfyUI).
+"""Calibration prompt lists, read one way for the *Calibration Prompt* node and the CLI.
 
 A prompt list is UTF-8 text with one prompt per line; blank lines and lines starting with ``#``
-are skipped. The pack ships one (``quantize_tool/data/calibration_prompts.txt``, written by
-``quantize_tool/make_prompts.py``); it is found relative to this file, so the pack works under
+are skipped. The pack ships one (``quant/data/calibration_prompts.txt``, written by
+``quant/make_prompts.py``); it is found relative to this file, so the pack works under
 any folder name in ``custom_nodes``.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-BUILTIN_PROMPTS_PATH = Path(__file__).parents[1] / "quantize_tool" / "data" / "calibration_prompts.txt"
+BUILTIN_PROMPTS_PATH = Path(__file__).with_name("data") / "calibration_prompts.txt"
 PROMPT_FILE_SUFFIX = ".txt"
 
 

@@ -8,7 +8,7 @@ Accepted inputs
   encoder tensors in the same file are ignored).
 * **diffusers layout** (``transformer/diffusion_pytorch_model.safetensors``), one file or sharded
   with ``*.safetensors.index.json`` (pass the index, a shard, or the folder). Keys are mapped to
-  BFL on the fly (:data:`DIFFUSERS_TO_BFL`): q/k/v projections are concatenated into ``qkv``, a
+  BFL on the fly (the ``_D_*`` tables below): q/k/v projections are concatenated into ``qkv``, a
   single block's ``linear1`` is ``cat(to_q, to_k, to_v, proj_mlp)``, ``linear2`` is ``proj_out``,
   RMSNorm ``weight`` becomes ``scale``, and ``norm_out.linear`` has its (scale, shift) halves
   swapped into BFL's (shift, scale) order.
@@ -17,7 +17,7 @@ Accepted inputs
 
 Reads never map the whole file: each tensor is read with ``readinto`` into its own buffer, so
 the resident memory is what the caller keeps, not the file size. Anything else (GGUF, pickles,
-non-FLUX safetensors, an already ternary checkpoint, a truncated file) raises :class:`ToolError`
+non-FLUX safetensors, an already ternary checkpoint, a truncated file) raises :class:`QuantizeError`
 with one sentence saying what the file is and what is expected.
 """
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import threading
 from collections.abc import Callable, Iterable
@@ -34,9 +35,9 @@ from pathlib import Path
 
 import torch
 
-from ..core.checkpoint import METADATA_KEY, TernaryFormatError, header_metadata, read_header
-from ..core.flux_layout import FluxConfig, config_from_shapes, is_ternary_layer
-from .errors import ToolError
+from ..core.checkpoint import METADATA_KEY, TernaryFormatError, read_safetensors_header
+from ..core.flux_layout import FluxConfig, config_from_shapes
+from .errors import QuantizeError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ ST_DTYPES: dict[str, torch.dtype] = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-FLOAT_DTYPES = {"F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F64"}
+FLOAT_ST_DTYPES = {"F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F64"}
 DTYPE_NAMES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2"}
 
 
@@ -70,16 +71,12 @@ class SafetensorsReader:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         try:
-            self.header = read_header(self.path)
+            header = read_safetensors_header(self.path)
         except TernaryFormatError as e:
-            raise ToolError(_not_safetensors_message(self.path, e.problem)) from None
-        with self.path.open("rb") as f:
-            import struct
-
-            (n,) = struct.unpack("<Q", f.read(8))
-        self.data_start = 8 + n
-        self.metadata = header_metadata(self.header)
-        self.entries = {k: v for k, v in self.header.items() if k != "__metadata__"}
+            raise QuantizeError(_not_safetensors_message(self.path, e.problem)) from None
+        self.data_start = header.data_start
+        self.metadata = header.metadata
+        self.entries = header.entries
 
     def keys(self) -> list[str]:
         return list(self.entries)
@@ -99,7 +96,7 @@ class SafetensorsReader:
         ent = self.entries[key]
         dt = ST_DTYPES.get(ent["dtype"])
         if dt is None:
-            raise ToolError(
+            raise QuantizeError(
                 f"{self.path}: tensor {key!r} has dtype {ent['dtype']}, which this tool cannot read"
             )
         b, e = (int(x) for x in ent["data_offsets"])
@@ -111,7 +108,7 @@ class SafetensorsReader:
             while got < len(buf):
                 n = f.readinto(view[got:])
                 if not n:
-                    raise ToolError(f"{self.path}: truncated while reading {key!r}")
+                    raise QuantizeError(f"{self.path}: truncated while reading {key!r}")
                 got += n
         if not buf:
             return torch.empty(self.shape(key), dtype=dt)
@@ -171,16 +168,6 @@ _D_TOP_SIMPLE = {
     "proj_out": "final_layer.linear",
 }
 _D_SWAP = {"norm_out.linear": "final_layer.adaLN_modulation.1"}
-
-DIFFUSERS_TO_BFL = {
-    "top": _D_TOP_SIMPLE,
-    "swap_halves": _D_SWAP,
-    "double": {**_D_DOUBLE_SIMPLE, **_D_DOUBLE_NORMS},
-    "double_cat": _D_DOUBLE_CAT,
-    "single": {**_D_SINGLE_SIMPLE, **_D_SINGLE_NORMS},
-    "single_cat": _D_SINGLE_CAT,
-}
-"""The diffusers -> BFL key mapping (documented for users; :func:`diffusers_recipes` applies it)."""
 
 
 @dataclass
@@ -280,7 +267,7 @@ class SourceModel(FluxShapes):
     def main_dtype(self) -> str:
         counts: dict[str, int] = {}
         for k, d in self.dtypes.items():
-            counts[d] = counts.get(d, 0) + _numel(self.shapes[k])
+            counts[d] = counts.get(d, 0) + math.prod(self.shapes[k])
         return max(counts, key=counts.get) if counts else "?"
 
     def source_bytes(self) -> int:
@@ -322,18 +309,11 @@ class SourceModel(FluxShapes):
         return {k: self.get(k) for k in (keys if keys is not None else self.recipes)}
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
 def resolve_files(path: str | Path) -> list[Path]:
     """One safetensors file, a shard index (``*.index.json``), a shard, or a folder holding either."""
     p = Path(path)
     if not p.exists():
-        raise ToolError(f"{p}: no such file or folder")
+        raise QuantizeError(f"{p}: no such file or folder")
     if p.is_dir():
         idx = sorted(p.glob("*.safetensors.index.json"))
         if idx:
@@ -342,8 +322,8 @@ def resolve_files(path: str | Path) -> list[Path]:
         if len(files) == 1:
             return files
         if not files:
-            raise ToolError(f"{p}: folder has no .safetensors file and no *.safetensors.index.json")
-        raise ToolError(
+            raise QuantizeError(f"{p}: folder has no .safetensors file and no *.safetensors.index.json")
+        raise QuantizeError(
             f"{p}: folder has {len(files)} .safetensors files but no *.safetensors.index.json to join them"
         )
     if p.name.endswith(".json"):
@@ -351,11 +331,11 @@ def resolve_files(path: str | Path) -> list[Path]:
             index = json.loads(p.read_text())
             weight_map = index["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-            raise ToolError(f"{p}: not a safetensors shard index (needs a 'weight_map' object)") from None
+            raise QuantizeError(f"{p}: not a safetensors shard index (needs a 'weight_map' object)") from None
         shards = sorted({p.parent / f for f in weight_map.values()})
         missing = [s for s in shards if not s.is_file()]
         if missing:
-            raise ToolError(f"{p}: shard {missing[0].name} listed in the index is missing")
+            raise QuantizeError(f"{p}: shard {missing[0].name} listed in the index is missing")
         return shards
     # a single shard of a sharded set: use the index next to it
     if re.search(r"-\d{5}-of-\d{5}\.safetensors$", p.name):
@@ -372,7 +352,7 @@ def open_source(path: str | Path) -> SourceModel:
     for f in files:
         r = SafetensorsReader(f)
         if METADATA_KEY in r.metadata:
-            raise ToolError(
+            raise QuantizeError(
                 f"{f}: already a TernaryFLUX checkpoint; quantize needs the float FLUX it was made from "
                 "(use `ternaryflux inspect` to see what it holds, `ternaryflux convert` to repack it)"
             )
@@ -403,7 +383,7 @@ def open_source(path: str | Path) -> SourceModel:
         layout = "diffusers"
         recipes = _bfl_recipes_for_diffusers(skeys)
     else:
-        raise ToolError(
+        raise QuantizeError(
             f"{files[0]}: {_describe_non_flux(skeys)}; expected a FLUX.1 transformer (BFL, diffusers or ComfyUI layout)"
         )
     # re-attach the prefix to source keys
@@ -413,20 +393,20 @@ def open_source(path: str | Path) -> SourceModel:
         dts = {readers[s].dtype_name(s) for s in r.sources}
         shapes = [readers[s].shape(s) for s in r.sources]
         if len(dts) != 1:
-            raise ToolError(f"{files[0]}: tensors making {k!r} have mixed dtypes {sorted(dts)}")
+            raise QuantizeError(f"{files[0]}: tensors making {k!r} have mixed dtypes {sorted(dts)}")
         dt = dts.pop()
-        if dt not in FLOAT_DTYPES:
+        if dt not in FLOAT_ST_DTYPES:
             if dt == "U8" and k.endswith(".weight"):
-                raise ToolError(
+                raise QuantizeError(
                     f"{files[0]}: {k!r} is uint8 (packed/quantized weights); this tool needs a float FLUX checkpoint"
                 )
-            raise ToolError(
+            raise QuantizeError(
                 f"{files[0]}: tensor {k!r} has dtype {dt}; supported are bf16, fp16, fp32 and fp8 (e4m3fn/e5m2) "
                 "(GGUF / bitsandbytes / int8 checkpoints are not supported)"
             )
         if r.op == "cat":
             if len({s[1:] for s in shapes}) != 1:
-                raise ToolError(f"{files[0]}: cannot concatenate {r.sources} into {k!r}: shapes {shapes}")
+                raise QuantizeError(f"{files[0]}: cannot concatenate {r.sources} into {k!r}: shapes {shapes}")
             shape = (sum(s[0] for s in shapes), *shapes[0][1:])
         else:
             shape = shapes[0]
@@ -435,7 +415,7 @@ def open_source(path: str | Path) -> SourceModel:
     try:
         cfg = src.config
     except (KeyError, ValueError) as e:
-        raise ToolError(f"{files[0]}: looks like FLUX ({src.layout_name} layout) but {e}") from None
+        raise QuantizeError(f"{files[0]}: looks like FLUX ({src.layout_name} layout) but {e}") from None
     _check_shapes(src, cfg, files[0])
     return src
 
@@ -465,12 +445,12 @@ def _check_shapes(src: SourceModel, cfg: FluxConfig, where: Path) -> None:
         want = {k: tuple(v.shape) for k, v in Flux(cfg).state_dict().items()}
     missing = [k for k in want if k not in src.shapes]
     if missing:
-        raise ToolError(
+        raise QuantizeError(
             f"{where}: incomplete FLUX checkpoint: missing {len(missing)} tensors, e.g. {missing[:3]}"
         )
     for k, shp in want.items():
         if src.shapes[k] != shp:
-            raise ToolError(
+            raise QuantizeError(
                 f"{where}: tensor {k!r} has shape {src.shapes[k]}, expected {shp} for {cfg.variant} FLUX"
             )
     extra = sorted(set(src.shapes) - set(want))
@@ -517,17 +497,6 @@ class FileHasher:
             raise self._error
         assert self._digest is not None
         return self._digest
-
-
-def sha256_files(files: list[Path]) -> str:
-    return FileHasher(files).result()
-
-
-def ternary_keys(keys: Iterable[str]) -> list[str]:
-    """The BFL module paths (``...qkv``) of ternary layers among ``keys``."""
-    return [
-        k[: -len(".weight")] for k in keys if k.endswith(".weight") and is_ternary_layer(k[: -len(".weight")])
-    ]
 
 
 def bfl_to_diffusers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
