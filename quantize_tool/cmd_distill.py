@@ -38,7 +38,15 @@ from ..quant.distill import DistillConfig, distill, export_student, make_student
 from ..quant.evaluate import velocity_error
 from ..quant.flux import peak_rss_bytes, resolve_device
 from ..quant.sources import open_source
-from .args import FORMATTER, ToolError, add_device_arg, add_progress_arg, default_report_path, write_json
+from .args import (
+    FORMATTER,
+    ToolError,
+    WithProgress,
+    add_device_arg,
+    add_progress_arg,
+    default_report_path,
+    write_json,
+)
 from .cli_paths import add_overwrite_arg, refuse_existing
 from .report import format_table
 
@@ -130,7 +138,12 @@ def run(args: argparse.Namespace) -> int:
         "with --resume to continue"
     )
     eval_set = held or samples
-    before = velocity_error(teacher, student, eval_set, dev) if not args.resume else None
+    prog = not args.no_progress
+    before = (
+        velocity_error(teacher, student, WithProgress(eval_set, "distill: error before", prog), dev)
+        if not args.resume
+        else None
+    )
     extra = {
         "student": ckpt.metadata.to_json(),
         "teacher": [str(f.name) for f in src.files],
@@ -151,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     if not res["completed"]:
         print(f"stopped after step {args.stop_after_steps}; state saved to {state}; continue with --resume")
         return 0
-    after = velocity_error(teacher, student, eval_set, dev)
+    after = velocity_error(teacher, student, WithProgress(eval_set, "distill: error after", prog), dev)
     sd = export_student(student, names, ckpt.state_dict)
     meta = ckpt.metadata
     meta.method_params = {

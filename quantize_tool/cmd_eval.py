@@ -14,11 +14,9 @@ Examples:
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ..core.checkpoint import is_ternary_file, load_checkpoint
 from ..core.flux_model import flux_from_state_dict
@@ -26,7 +24,7 @@ from ..quant.calibration import check_calibration_fits, load_calibration
 from ..quant.evaluate import compare_models
 from ..quant.flux import resolve_device
 from ..quant.sources import open_source
-from .args import FORMATTER, ToolError, add_device_arg, add_progress_arg, write_json
+from .args import FORMATTER, ToolError, WithProgress, add_device_arg, add_progress_arg, write_json
 from .report import format_table
 
 
@@ -49,22 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-class _WithProgress(Sequence):
-    """The held-out samples, iterated with a tqdm bar (one step per sample and student)."""
-
-    def __init__(self, items: list, desc: str, enabled: bool) -> None:
-        self.items, self.desc, self.enabled = items, desc, enabled
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
-
-    def __iter__(self):
-        yield from tqdm(self.items, desc=self.desc, unit="sample", disable=not self.enabled, leave=False)
-
-
 def run(args: argparse.Namespace) -> int:
     dev = resolve_device(args.device)
     if args.teacher.is_file() and is_ternary_file(args.teacher):
@@ -83,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         student = flux_from_state_dict(ckpt.state_dict, dtype=torch.float32, device=dev)
         if student.config != teacher.config:
             raise ToolError(f"{path} does not fit {args.teacher}: different architecture")
-        seq = _WithProgress(samples, f"eval {Path(path).name}", not args.no_progress)
+        seq = WithProgress(samples, f"eval {Path(path).name}", not args.no_progress)
         r = compare_models(teacher, student, seq, dev)
         r["method"] = ckpt.metadata.method
         results[str(path)] = r

@@ -322,3 +322,35 @@ def test_bitsandbytes_install_advice_does_not_leak(tiny, tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code, str(tiny["model"])], capture_output=True, text=True)
     assert r.returncode == 0 and "pip install kernels" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_written_files_honour_the_umask(tiny, tmp_path, umask, mode):
+    """Checkpoints and calibration files get 0666 minus the umask (mkstemp alone gives 0600, which a
+    ComfyUI running as another user cannot read)."""
+    old = os.umask(umask)
+    try:
+        q, c, cal = tmp_path / "q.safetensors", tmp_path / "c.safetensors", tmp_path / "cal.safetensors"
+        assert main(["quantize", str(tiny["model"]), "-o", str(q), "--no-progress", "--no-hash"]) == 0
+        assert main(["convert", str(q), "--to", "base3", "-o", str(c)]) == 0
+        assert main(["calibrate", "--recorded", str(tiny["rec"][0]), "-o", str(cal)]) == 0
+    finally:
+        os.umask(old)
+    for p in (q, c, cal):
+        assert p.stat().st_mode & 0o777 == mode, (p.name, oct(p.stat().st_mode & 0o777))
+
+
+def test_distill_evaluations_are_inside_progress_bars(tiny, tmp_path):
+    cmd = [a for a in _distill_cmd(tiny, tmp_path / "p.safetensors", 2) if a != "--no-progress"]
+    r = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "distill: error before" in r.stderr and "distill: error after" in r.stderr, r.stderr
+
+
+def test_calibrated_summary_shows_the_error_it_minimizes(tiny, tmp_path, capsys):
+    out = tmp_path / "c.safetensors"
+    argv = ["quantize", str(tiny["model"]), "--method", "calibrated", "--calibration", str(tiny["rec"][0])]
+    assert main([*argv, "-o", str(out), "--no-progress", "--no-hash"]) == 0
+    text = capsys.readouterr().out
+    assert "mean block-output rel. err" in text and "what calibrated minimizes" in text
+    assert " 0 MB/s" not in text
