@@ -69,7 +69,7 @@ from flux_builders import (  # noqa: E402
 from ternaryflux.core.fixtures import tiny_flux_config  # noqa: E402
 from ternaryflux.core.flux_layout import FluxConfig  # noqa: E402
 from ternaryflux.core.ternary_linear import TernaryLinear, set_backend  # noqa: E402
-from ternaryflux.kernels import available_backends, dispatch, resolve_backend  # noqa: E402
+from ternaryflux.kernels import available_backends, disabled_routes, dispatch, resolve_backend  # noqa: E402
 from ternaryflux.quantize_tool.report import format_table  # noqa: E402
 from ternaryflux.version import __version__  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
@@ -668,9 +668,10 @@ def run_bench(s: Settings, out: Path | None) -> dict[str, Any]:
                     set_backend(m, cfg.backend, cfg.act)
                     warm, runs = (s.ref_warmup, s.ref_runs) if cfg.reference else (s.warmup, s.runs)
                     res = measure(s, m, sh, warm, runs)
-                    # a backend that raised was disabled and answered by torch: say so
-                    res["fell_back_to_torch"] = (
-                        cfg.backend != "torch" and cfg.backend not in available_backends()
+                    # a backend (or one of its routes) that raised was disabled and answered by torch
+                    res["fell_back_to_torch"] = cfg.backend != "torch" and (
+                        cfg.backend not in available_backends()
+                        or any(b == cfg.backend for b, _ in disabled_routes())
                     )
                     return res
 

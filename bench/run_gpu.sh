@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# One prepared GPU benchmark run, sized for about 8 minutes on an H100:
-#   1. bench/kernels.py    Triton kernels vs cuBLAS per FLUX linear shape (if the script exists)
+# One prepared GPU benchmark run, sized for about 9 minutes on an H100:
+#   1. bench/kernels.py    Triton kernels vs cuBLAS per FLUX.1 / FLUX.2 [klein] linear shape,
+#                          30 timed calls each; its JSON also records the config the autotuner
+#                          chose per kernel key ("autotune") and is rewritten after every shape,
+#                          so a timeout keeps what was measured
 #   2. bench/flux_e2e.py   full FLUX.1-dev, bf16 vs ternary: latency, peak VRAM, file sizes
 #   3. bench/report.py     PNG charts from every bench/results/flux_e2e-*.json
 # Everything lands in bench/results/ (JSON named after the GPU, logs, PNGs). When $OUT is set
@@ -8,7 +11,7 @@
 # JSON/PNGs are copied there as well (at most 8 files).
 #
 #   bash bench/run_gpu.sh                  # python3 from PATH; PYTHON=... to choose another
-#   KERNELS_TIMEOUT=150 E2E_TIMEOUT=270 E2E_BUDGET=220 bash bench/run_gpu.sh   (the defaults)
+#   KERNELS_TIMEOUT=240 KERNELS_ITERS=30 E2E_TIMEOUT=240 E2E_BUDGET=190 bash bench/run_gpu.sh   (the defaults)
 #
 # Needs torch with CUDA (+ triton for the kernel backend), safetensors and matplotlib; the
 # package itself need not be installed: a shim on PYTHONPATH points `ternaryflux` here.
@@ -36,7 +39,8 @@ cat "$RES/gpu-env.txt"
 
 if [ -f bench/kernels.py ]; then
     echo "== bench/kernels.py ($(($(date +%s) - T0)) s)"
-    timeout -k 10 "${KERNELS_TIMEOUT:-150}" "$PY" bench/kernels.py 2>&1 | tee "$RES/kernels.log" || status=1
+    timeout -k 10 "${KERNELS_TIMEOUT:-240}" "$PY" bench/kernels.py --iters "${KERNELS_ITERS:-30}" --warmup 3 2>&1 |
+        tee "$RES/kernels.log" || status=1
 else
     echo "bench/kernels.py not present: skipped" | tee "$RES/kernels.log"
 fi
@@ -44,7 +48,7 @@ fi
 echo "== bench/flux_e2e.py ($(($(date +%s) - T0)) s)"
 # --budget-s stops starting new configurations in time; the JSON is rewritten after every
 # measurement, so even a timeout leaves the figures measured so far.
-timeout -k 10 "${E2E_TIMEOUT:-270}" "$PY" bench/flux_e2e.py --budget-s "${E2E_BUDGET:-220}" 2>&1 |
+timeout -k 10 "${E2E_TIMEOUT:-240}" "$PY" bench/flux_e2e.py --budget-s "${E2E_BUDGET:-190}" 2>&1 |
     tee "$RES/flux_e2e.log" || status=1
 
 echo "== bench/report.py ($(($(date +%s) - T0)) s)"

@@ -4,16 +4,17 @@ custom op ``torch.ops.ternaryflux.ternary_linear`` under ``torch.compile``.
 
 Importing this package never imports Triton (it is optional; see :mod:`.triton_backend`)."""
 
+from .api import ternary_linear
 from .dispatch import (
     ACT_PRECISIONS,
     ENV_BACKEND,
     Backend,
     available_backends,
+    disabled_routes,
     register_backend,
     reset_disabled,
     resolve_backend,
     run_eager,
-    ternary_linear,
 )
 from .ops import ternary_linear_op
 
@@ -22,6 +23,7 @@ __all__ = [
     "ENV_BACKEND",
     "Backend",
     "available_backends",
+    "disabled_routes",
     "register_backend",
     "reset_disabled",
     "resolve_backend",

@@ -4,7 +4,8 @@
 a fake (meta) implementation for shape propagation, so a model full of ``TernaryLinear`` layers
 compiles with ``fullgraph=True`` (no graph breaks on Triton launches or dispatch logic). At run
 time the op's implementation is the eager dispatch (:func:`.dispatch.run_eager`: backend
-choice, one-warning fallback to torch).
+choice, one-warning fallback to torch). This module imports :mod:`.dispatch`, never the other
+way round; the public :func:`~.api.ternary_linear` sits above both.
 
 Autograd: the backward pass recomputes the product with the PyTorch reference (A16 semantics;
 for ``act="a8"`` that is the straight-through estimator) and differentiates ``x``, ``scale``
@@ -18,6 +19,7 @@ import logging
 import torch
 
 from . import reference
+from .dispatch import run_eager
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,6 @@ def _impl(
     backend: str,
     act: str,
 ) -> torch.Tensor:
-    from .dispatch import run_eager
-
     return run_eager(x, packed, scale, k, bias, backend, act)
 
 

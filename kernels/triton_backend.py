@@ -5,9 +5,13 @@ the small-M kernel (:mod:`.triton_gemv`), larger M the tiled GEMM (:mod:`.triton
 
 Where it runs:
 
-* CUDA tensors, Triton >= :data:`~.triton_common.MIN_TRITON`, compute capability >= 7.0.
-  Ampere and newer (sm80+) use bf16/fp16/int8 ``tl.dot``. Older cards (Volta/Turing) run A16
-  only: fp16 as is, bf16 upcast to fp32 inside the kernel; A8 goes to the torch reference.
+* CUDA tensors, Triton >= :data:`~.triton_common.MIN_TRITON`, compute capability >= 8.0
+  (:data:`~.triton_common.MIN_CAPABILITY`): bf16/fp16/int8 tensor-core ``tl.dot``. Volta/Turing
+  compile but get no tensor cores and spill registers (AOT check): they take the torch path.
+* fp32 activations, A16: through tf32 tensor cores when
+  ``torch.backends.cuda.matmul.allow_tf32`` is set, else the torch reference (an ieee-fp32
+  ``tl.dot`` spills on every target and fits no config in 99 KB of shared memory). A8 quantizes
+  fp32 like any other dtype.
 * CPU tensors only under the Triton interpreter (``TRITON_INTERPRET=1`` set before the kernels
   were first imported) **and** when the caller forced ``backend="triton"`` (argument or
   ``TERNARYFLUX_BACKEND``): ``"auto"`` never sends CPU tensors to Triton.
@@ -23,7 +27,16 @@ from types import ModuleType
 
 import torch
 
-from .triton_common import SMALL_M_MAX, device_capability, interpreting, triton_usable
+from .triton_common import (
+    MIN_CAPABILITY,
+    SMALL_M_MAX,
+    allowed_gemm,
+    device_capability,
+    interpreting,
+    m_bucket,
+    target_family,
+    triton_usable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +64,23 @@ def supports(x: torch.Tensor, packed: torch.Tensor, act: str) -> bool:
     if x.device.type != "cuda" or not _tensors_ok(x, packed) or not triton_usable():
         return False
     cap = device_capability(x.device)
-    if cap < (7, 0):
+    if cap < MIN_CAPABILITY:
         return False
-    return act == "a16" or cap >= (8, 0)
+    if act == "a16" and x.dtype == torch.float32:  # tf32 tensor cores, where checked, or torch
+        fam = target_family(cap)
+        return bool(torch.backends.cuda.matmul.allow_tf32) and all(
+            allowed_gemm(fam, "tf32", False, mb) for mb in (256, 512)
+        )
+    return True
+
+
+def route(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, act: str) -> tuple:
+    """The code path of a call, for disabling just that path after a launch failure:
+    (device, target family, kernel, M bucket, dtype, act, per-group scales)."""
+    m = x.numel() // max(1, x.shape[-1])
+    kernel = "gemv" if m <= SMALL_M_MAX else "gemm"
+    fam = "cpu" if x.device.type != "cuda" else target_family(device_capability(x.device))
+    return (str(x.device), fam, kernel, m_bucket(m), str(x.dtype), act, scale.shape[-1] > 1)
 
 
 def supports_forced(x: torch.Tensor, packed: torch.Tensor, act: str) -> bool:
@@ -91,17 +118,15 @@ def run(
         bias = bias.contiguous()
     m = x2.shape[0]
     interp = x.device.type == "cpu"
-    cap = (9, 0) if interp else device_capability(x.device)
-    # bf16 arithmetic is broken in the interpreter and has no tensor-core path before sm80
-    dot_fp32 = x.dtype == torch.bfloat16 and (interp or cap < (8, 0))
-    allow_tf32 = bool(torch.backends.cuda.matmul.allow_tf32) and cap >= (8, 0)
+    # bf16 arithmetic is broken in the interpreter: upcast there (GPUs use bf16 tensor cores)
+    dot_fp32 = x.dtype == torch.bfloat16 and interp
 
     x_scale = None
     if act == "a8":
         x2, x_scale = kern["quant"].quantize_rows_int8(x2)
     if m <= SMALL_M_MAX:
         y = kern["gemv"].ternary_gemv(
-            x2, packed, scale, k, bias, x_scale, out_dtype=x.dtype, dot_fp32=dot_fp32
+            x2, packed, scale, k, bias, x_scale, out_dtype=x.dtype, dot_fp32=dot_fp32, input_precision="tf32"
         )
     else:
         # the interpreter's fp32 -> bf16 store truncates: accumulate to fp32 and round in torch
@@ -116,7 +141,7 @@ def run(
             x_scale,
             out=out,
             dot_fp32=dot_fp32,
-            input_precision="tf32" if allow_tf32 else "ieee",
+            input_precision="tf32",
         )
         y = out.to(x.dtype)
     return y.reshape(*lead, n)

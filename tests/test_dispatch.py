@@ -107,30 +107,106 @@ def test_cpu_never_reaches_triton_without_interpreter(layer, triton_calls, monke
 
 @needs_triton
 @pytest.mark.parametrize("m", [20, 3], ids=["gemm", "gemv"])
-def test_compile_failure_falls_back_once(layer, monkeypatch, caplog, m):
+def test_launch_failure_disables_only_its_route(layer, monkeypatch, caplog, triton_calls, m):
     from ternaryflux.kernels import triton_gemm, triton_gemv
 
     x, tw, b = layer
+    other = x[:3] if m == 20 else x  # the other kernel: a route that did not fail
     x = x[:m]
     triton_backend._load_kernels()
     attempts = []
+    broken = triton_gemm if m == 20 else triton_gemv
+    name = "ternary_gemm" if m == 20 else "ternary_gemv"
 
     def boom(*a, **kw):
         attempts.append(1)
-        raise RuntimeError("simulated Triton compile failure")
+        raise RuntimeError("simulated Triton launch failure")
 
-    monkeypatch.setattr(triton_gemm, "ternary_gemm", boom)
-    monkeypatch.setattr(triton_gemv, "ternary_gemv", boom)
+    monkeypatch.setattr(broken, name, boom)
     want = reference.ternary_linear_a16(x, tw.packed, tw.scale, 256, b)
     with caplog.at_level(logging.WARNING, logger="ternaryflux.kernels.dispatch"):
         y1 = ternary_linear(x, tw.packed, tw.scale, 256, b, backend="triton")
         y2 = ternary_linear(x, tw.packed, tw.scale, 256, b, backend="triton")
     assert torch.equal(y1, want) and torch.equal(y2, want)
-    assert attempts == [1]  # disabled after the first failure
-    assert caplog.text.count("simulated Triton compile failure") == 1
-    assert "triton" not in dispatch.available_backends()
+    assert attempts == [1]  # the route is disabled after the first failure
+    assert caplog.text.count("simulated Triton launch failure") == 1
+    assert "triton" in dispatch.available_backends()  # ... but not the whole backend
+    routes = dispatch.disabled_routes()
+    assert len(routes) == 1 and routes[0][0] == "triton"
+    assert routes[0][1][2] == ("gemm" if m == 20 else "gemv")
+    n_calls = len(triton_calls)
+    y3 = ternary_linear(other, tw.packed, tw.scale, 256, b, backend="triton")  # other kernel still runs
+    assert len(triton_calls) == n_calls + 1
+    torch.testing.assert_close(y3, reference.ternary_linear_a16(other, tw.packed, tw.scale, 256, b))
     reset_disabled()
-    assert "triton" in dispatch.available_backends()
+    assert dispatch.disabled_routes() == []
+
+
+def test_backend_without_route_is_disabled_whole(layer, caplog):
+    x, tw, b = layer
+    calls = []
+
+    def run(*a):
+        calls.append(1)
+        raise RuntimeError("broken backend")
+
+    dispatch.register_backend(dispatch.Backend("flaky", run, lambda x, p, act: True, priority=500))
+    try:
+        with caplog.at_level(logging.WARNING, logger="ternaryflux.kernels.dispatch"):
+            y = ternary_linear(x, tw.packed, tw.scale, 256, b)
+            ternary_linear(x, tw.packed, tw.scale, 256, b, act="a8")
+        assert calls == [1] and "flaky" not in dispatch.available_backends()
+        assert torch.equal(y, reference.ternary_linear_a16(x, tw.packed, tw.scale, 256, b))
+    finally:
+        dispatch._BACKENDS.pop("flaky")
+
+
+def test_triton_needs_sm80_and_tf32_for_fp32(monkeypatch):
+    """The auto predicate on (faked) CUDA capabilities: sm80+ only; fp32 A16 only with TF32."""
+    from ternaryflux.kernels import triton_common
+
+    x = torch.zeros(2, 128)
+    packed = torch.zeros(4, 32, dtype=torch.uint8)
+    monkeypatch.setattr(triton_common, "triton_usable", lambda: True)
+    monkeypatch.setattr(triton_backend, "triton_usable", lambda: True)
+    fake = torch.device("cuda", 0)
+
+    class T:  # a stand-in with a CUDA device: supports() reads only dtype and device
+        def __init__(self, t):
+            self.dtype, self.device = t.dtype, fake
+
+    cap = {"v": (7, 5)}
+    monkeypatch.setattr(triton_backend, "device_capability", lambda d: cap["v"])
+    xb = T(x.to(torch.bfloat16))
+    assert not triton_backend.supports(xb, T(packed), "a16")  # Turing: torch
+    cap["v"] = (8, 6)
+    assert triton_backend.supports(xb, T(packed), "a16") and triton_backend.supports(xb, T(packed), "a8")
+    old = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert not triton_backend.supports(T(x), T(packed), "a16")  # fp32 without TF32: torch
+        assert triton_backend.supports(T(x), T(packed), "a8")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert triton_backend.supports(T(x), T(packed), "a16")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def test_import_graph_has_no_cycle():
+    """ops imports dispatch (never the reverse); the public function lives above both."""
+    import ast
+    import pathlib
+
+    src = pathlib.Path(dispatch.__file__).read_text()
+    imported = {n.module for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom) and n.module} | {
+        a.name for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom) for a in n.names
+    }
+    assert "ops" not in imported and "api" not in imported
+    from ternaryflux import kernels
+    from ternaryflux.kernels import api
+
+    assert kernels.ternary_linear is api.ternary_linear
+    assert hasattr(torch.ops.ternaryflux, "ternary_linear")
 
 
 def test_custom_backend_priority_and_predicate(layer):

@@ -161,6 +161,65 @@ def test_backend_run_3d_input_and_non_contiguous(act):
     assert _rel(y, fn(x.contiguous(), tw.packed, tw.scale, k)) <= 1e-5
 
 
+# --------------------------------------------------------------------------- explicit tiles
+# The interpreter's autotune list is one square config; these launch chosen configs directly so
+# the transposed product (acc[BLOCK_N, BLOCK_M], stored transposed) is checked on non-square
+# tiles with M/N tails, and the group-128 fast path on K tiles spanning 1, 2 and 4 groups.
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "config,group_size",
+    [
+        ((32, 64, 128, 4, 1), 0),
+        ((64, 16, 256, 4, 1), 0),
+        ((16, 32, 256, 4, 1), 128),
+        ((32, 16, 512, 4, 1), 128),
+    ],
+    ids=["32x64x128", "64x16x256", "16x32x256-g128", "32x16x512-g128"],
+)
+def test_gemm_explicit_tiles_transposed_and_group128(dtype, config, group_size):
+    m, n, k = 37, 45, 1024
+    tw = _weight(n, k, group_size, seed=config[1] + group_size)
+    x, b = _inputs(m, n, k, dtype, seed=9, bias=True)
+    out_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
+    out = torch.full((m, n), float("nan"), dtype=out_dtype)
+    y = ternary_gemm(x, tw.packed, tw.scale, k, b, out=out, dot_fp32=dtype == torch.bfloat16, config=config)
+    assert _rel(y.to(dtype), _truth_a16(x, tw, b)) <= A16_BOUND[dtype]
+
+
+@pytest.mark.parametrize("group_size", [0, 128])
+def test_gemm_int8_explicit_tiles(group_size):
+    m, n, k = 29, 50, 768
+    tw = _weight(n, k, group_size, seed=5)
+    x, _ = _inputs(m, n, k, torch.float32, seed=6, bias=False)
+    q, s = quantize_rows_int8(x)
+    out = torch.full((m, n), float("nan"))
+    y = ternary_gemm(q, tw.packed, tw.scale, k, None, s, out=out, config=(16, 32, 128, 4, 1))
+    assert _rel(y, reference.ternary_linear_a8(x, tw.packed, tw.scale, k)) <= 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("m,group_size", [(1, 0), (1, 128), (3, 128), (9, 128)])
+def test_gemv_register_accumulator_and_group128(dtype, m, group_size):
+    # BLOCK_K 512 over K = 1536: three K tiles accumulate in registers before the one reduction;
+    # with group 128 each tile spans four groups (the per-byte scale gather)
+    n, k = 40, 1536
+    tw = _weight(n, k, group_size, seed=m + 31)
+    x, b = _inputs(m, n, k, dtype, seed=m, bias=True)
+    cfg = (16, 512, 4, 1) if m <= 4 else (16, 128, 4, 1)
+    y = ternary_gemv(x, tw.packed, tw.scale, k, b, dot_fp32=dtype == torch.bfloat16, config=cfg)
+    assert _rel(y, _truth_a16(x, tw, b)) <= A16_BOUND[dtype]
+    if m <= 4:  # A8 on the CUDA-core path folds the group scale too
+        q, s = quantize_rows_int8(x)
+        y8 = ternary_gemv(q, tw.packed, tw.scale, k, b, s, out_dtype=dtype, config=cfg)
+        assert (
+            _rel(y8, reference.ternary_linear_a8(x, tw.packed, tw.scale, k, b))
+            <= {
+                torch.float32: 1e-6,
+                torch.bfloat16: 8e-3,
+            }[dtype]
+        )
+
+
 # --------------------------------------------------------------------------- autotune lists
 def test_autotune_configs_collapse_and_prune(monkeypatch):
     from ternaryflux.kernels import triton_common as tc
@@ -168,13 +227,31 @@ def test_autotune_configs_collapse_and_prune(monkeypatch):
     assert len(tc.gemm_configs()) == 1 and len(tc.gemv_configs()) == 1  # interpreter
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     gemm, gemv = tc.gemm_configs(), tc.gemv_configs()
-    assert len(gemm) > 1 and len(gemv) > 1
-    for mb in (32, 256, 1024, 8192):
-        for gs in (0, 128, 256, 3072):
-            kept = tc.prune_gemm_configs(gemm, {"M_BUCKET": mb}, GROUP_SIZE=gs)
-            assert kept and all(gs % c.kwargs["BLOCK_K"] == 0 for c in kept)
-    for bm, dot in ((1, False), (4, False), (16, True)):
-        kept = tc.prune_gemv_configs(gemv, {}, BLOCK_M=bm, USE_DOT=dot, GROUP_SIZE=128)
-        assert kept and all(128 % c.kwargs["BLOCK_K"] == 0 for c in kept)
-        assert not dot or all(c.kwargs["BLOCK_N"] >= 16 for c in kept)
+    assert len(gemm) == len(tc.gemm_candidates()) and len(gemv) == len(tc.GEMV)
+
+    class FakeX:  # prune reads only the device and dtype of x
+        def __init__(self, dtype):
+            self.dtype, self.device = dtype, torch.device("cuda", 0)
+
+    caps = {"sm_80": (8, 0), "sm_86": (8, 6), "sm_89": (8, 9), "sm_90": (9, 0), "sm_120": (12, 0)}
+    for fam, cap in caps.items():
+        monkeypatch.setattr(tc, "device_capability", lambda d, cap=cap: cap)
+        assert tc.target_family(cap) == fam
+        for dtype, int8 in ((torch.bfloat16, False), (torch.float16, False), (torch.int8, True)):
+            kind = tc.kind_of(dtype)
+            for mb in (32, 256, 1024, 8192):
+                for gs in (0, 128, 256):
+                    args = {"x_ptr": FakeX(dtype), "M_BUCKET": mb}
+                    kept = tc.prune_gemm_configs(gemm, args, GROUP_SIZE=gs, INT8_DOT=int8)
+                    keys = [tc._gemm_key(c) for c in kept]
+                    passed = tc.GEMM_PASSED.get((fam, kind, gs > 0))
+                    assert keys and (passed is None or set(keys) <= passed), (fam, kind, mb, gs)
+                    assert set(keys) <= set(tc.GEMM_LARGE_M if mb >= 512 else tc.GEMM_MID_M)
+                    assert not int8 or not gs or all(gs % kk[2] == 0 for kk in keys)
+            for bm, dot in ((1, False), (2, False), (4, False), (16, True)):
+                args = {"x_ptr": FakeX(dtype), "BLOCK_M": bm, "USE_DOT": dot}
+                kept = tc.prune_gemv_configs(gemv, args, GROUP_SIZE=128, INT8_DOT=int8 and dot)
+                keys = [tc._gemv_key(c) for c in kept]
+                assert keys and all(tc.gemv_block_ok(bm, kk, dot) for kk in keys)
+                assert not (int8 and dot) or all(128 % kk[1] == 0 for kk in keys)
     assert [tc.m_bucket(m) for m in (1, 2, 3, 16, 17, 4608, 10**6)] == [1, 2, 4, 16, 32, 8192, 8192]
