@@ -52,9 +52,13 @@ EXEMPT: dict[str, str] = {
     "python bench/flux_e2e.py                         # GPU, all configurations": "needs a CUDA GPU",
     "python bench/flux_e2e.py --skip-torch-ref --resolutions 1024 --batches 1": "needs a CUDA GPU",
     "python bench/flux_e2e.py": "needs a CUDA GPU",
-    "python bench/kernels.py                     # GPU: all FLUX shapes x M, table + JSON": "needs a CUDA GPU",
-    "python bench/kernels.py --cuda-graph        # GPU time only (graph replays)": "needs a CUDA GPU",
     "python bench/kernels.py": "needs a CUDA GPU",
+    "python bench/kernels.py                     # GPU: all FLUX.1 + FLUX.2 [klein] shapes x M, table + JSON": "needs a CUDA GPU",
+    "python bench/kernels.py --shapes flux1      # GPU: FLUX.1-dev shapes only": "needs a CUDA GPU",
+    "python bench/kernels.py --model [--markdown] [--out PATH]       # the speed model, no GPU": "a syntax line ([optional] arguments); `python bench/kernels.py --model --markdown` (KERNELS.md) runs it",
+    "nice python bench/aot_check.py                 # full matrix -> bench/results/aot-<triton>.json": "~2,000 Triton compiles (30-60 min on one core); tests/test_aot.py runs the CI subset",
+    "python bench/aot_check.py --targets sm_89 --kernels gemm --out /tmp/aot.json": "hundreds of Triton compiles (minutes); tests/test_aot.py runs the CI subset",
+    "python -m pytest -q tests/test_aot.py          # the CI subset": "part of README command 2 (.ci/run runs the whole suite)",
     "bash bench/run_gpu.sh": "needs a CUDA GPU",
     # names of subcommands in prose, not commands
     "ternaryflux distill": "a subcommand named in prose",
@@ -65,7 +69,8 @@ EXEMPT: dict[str, str] = {
     "ternaryflux eval/distill/convert": "subcommands named in prose (docs/ARCHITECTURE.md)",
 }
 NEEDS_TRITON = {
-    "python bench/kernels.py --smoke --out /tmp/kernels-smoke.json   # CPU, interpreter, proves the script"
+    "python bench/kernels.py --smoke --out /tmp/kernels-smoke.json   # CPU, interpreter, proves the script",
+    "python bench/aot_check.py --from-json bench/results/aot-3.7.1.json --emit-table",
 }
 
 
