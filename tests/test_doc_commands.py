@@ -53,6 +53,7 @@ EXEMPT: dict[str, str] = {
     "python bench/flux_e2e.py --skip-torch-ref --resolutions 1024 --batches 1": "needs a CUDA GPU",
     "python bench/flux_e2e.py": "needs a CUDA GPU",
     "python bench/kernels.py": "needs a CUDA GPU",
+    "python bench/kernels.py --cuda-graph        # GPU time only (graph replays)": "needs a CUDA GPU",
     "python bench/kernels.py                     # GPU: all FLUX.1 + FLUX.2 [klein] shapes x M, table + JSON": "needs a CUDA GPU",
     "python bench/kernels.py --shapes flux1      # GPU: FLUX.1-dev shapes only": "needs a CUDA GPU",
     "python bench/kernels.py --model [--markdown] [--out PATH]       # the speed model, no GPU": "a syntax line ([optional] arguments); `python bench/kernels.py --model --markdown` (KERNELS.md) runs it",
