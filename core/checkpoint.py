@@ -427,6 +427,28 @@ def checkpoint_from_tensors(
 # ----------------------------------------------------------------------------- write
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it where the OS allows)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no read-only API elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def publish_temp_file(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Give a ``mkstemp`` file (always 0600) the mode a plainly created file would get (0666 minus
+    the umask), so a ComfyUI running as another user can read the checkpoint, then rename it over
+    ``path`` (atomic on one file system)."""
+    os.chmod(tmp, 0o666 & ~current_umask())
+    os.replace(tmp, path)
+
+
 def atomic_save_safetensors(
     tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]
 ) -> None:
@@ -437,7 +459,7 @@ def atomic_save_safetensors(
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, p)
+        publish_temp_file(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

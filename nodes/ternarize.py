@@ -23,6 +23,7 @@ import torch
 from comfy_api.latest import io
 
 from ..core.checkpoint import METADATA_KEY, checkpoint_from_tensors
+from ..core.defaults import DEFAULT_METHOD
 from ..core.flux_layout import is_ternary_layer
 from ..quant.algorithms import METHODS, TernaryConfig
 from ..quant.calibration import load_calibration
@@ -281,7 +282,7 @@ class TernarizeFlux(io.ComfyNode):
                 io.Combo.Input(
                     "method",
                     options=list(METHODS),
-                    default="absmean",
+                    default=DEFAULT_METHOD,
                     tooltip="absmean = BitNet b1.58 (data-free); twn = Ternary Weight Networks threshold (data-free); "
                     "calibrated = the `ternaryflux quantize --method calibrated` recipe (per layer, the candidate "
                     "giving the smallest block-output error on the calibration data), needs a calibration file.",

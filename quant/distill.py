@@ -44,7 +44,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..core.calibration_data import CalibrationSample
-from ..core.checkpoint import layer_tensors
+from ..core.checkpoint import layer_tensors, publish_temp_file
 from ..core.flux_model import Flux
 from ..core.ternary_linear import TernaryLinear, set_submodule, ternary_modules
 from ..core.ternary_weight import TernaryWeight
@@ -212,7 +212,7 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
     os.close(fd)
     try:
         torch.save(state, tmp)
-        os.replace(tmp, path)
+        publish_temp_file(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

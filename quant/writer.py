@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from ..core.checkpoint import publish_temp_file
+
 DTYPE_TO_ST = {
     torch.float64: "F64",
     torch.float32: "F32",
@@ -132,7 +134,7 @@ class StreamingSafetensorsWriter:
         if not ok:
             self._discard()
             raise ValueError(f"{self.path}: only {self._next} of {len(self.specs)} tensors were written")
-        os.replace(self._tmp, self.path)
+        publish_temp_file(self._tmp, self.path)
         self._tmp = None
 
     def _discard(self) -> None:

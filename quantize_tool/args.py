@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from ..quant.errors import QuantizeError
 
@@ -51,3 +53,19 @@ def add_progress_arg(p: argparse.ArgumentParser) -> None:
 
 def default_report_path(out: Path) -> Path:
     return out.with_name(out.name.removesuffix(".safetensors") + ".report.json")
+
+
+class WithProgress(Sequence):
+    """The held-out samples, iterated with a tqdm bar (one step per sample and student)."""
+
+    def __init__(self, items: list, desc: str, enabled: bool) -> None:
+        self.items, self.desc, self.enabled = items, desc, enabled
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+    def __iter__(self):
+        yield from tqdm(self.items, desc=self.desc, unit="sample", disable=not self.enabled, leave=False)

@@ -25,6 +25,7 @@ Held-out splits are by trajectory (prompt), so eval never sees a step of a calib
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from ..quant.prompts import PromptListError, builtin_prompts, load_prompt_file
 from ..quant.sampling import euler_trajectory, flux_sigmas, synthetic_conditioning
 from ..quant.sources import open_source
 from .args import FORMATTER, ToolError, add_device_arg, add_progress_arg
+from .cli_paths import add_overwrite_arg, refuse_existing
 from .report import format_table
 
 log = logging.getLogger(__name__)
@@ -91,13 +93,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--heldout-fraction",
         type=float,
         default=0.0,
-        help="fraction split off for eval (needs --heldout-out)",
+        help="fraction of the prompts split off for eval (needs --heldout-out); the split is by prompt: "
+        "recorded samples with the same conditioning (one prompt's steps, in any file) and each sampled "
+        "trajectory stay on one side",
     )
     p.add_argument("--heldout-out", type=Path, default=None, help="where the held-out part goes")
+    add_overwrite_arg(p)
     p.add_argument("--seed", type=int, default=0)
     add_device_arg(p)
     add_progress_arg(p)
     p.set_defaults(func=run)
+
+
+def group_by_conditioning(samples: list[CalibrationSample]) -> list[list[CalibrationSample]]:
+    """Recorded samples grouped by prompt: the same text conditioning (context and pooled ``y``,
+    byte for byte) is one group, whichever file or step it was recorded at. A held-out split then
+    never shares a prompt with the calibration part."""
+    groups: dict[str, list[CalibrationSample]] = {}
+    for s in samples:
+        h = hashlib.sha256(s.context.detach().float().cpu().contiguous().numpy().tobytes())
+        if s.y is not None:
+            h.update(s.y.detach().float().cpu().contiguous().numpy().tobytes())
+        groups.setdefault(h.hexdigest(), []).append(s)
+    return list(groups.values())
 
 
 def _split(
@@ -108,7 +126,8 @@ def _split(
     n_hold = max(1, round(len(groups) * fraction))
     if n_hold >= len(groups):
         raise ToolError(
-            f"--heldout-fraction {fraction} leaves nothing for calibration ({len(groups)} trajectories/samples)"
+            f"--heldout-fraction {fraction} leaves nothing for calibration ({len(groups)} prompts/trajectories; "
+            "the split is by prompt, so record more prompts)"
         )
     perm = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed + 1)).tolist()
     hold = set(perm[:n_hold])
@@ -124,15 +143,16 @@ def run(args: argparse.Namespace) -> int:
         raise ToolError("--heldout-fraction must be in [0, 1)")
     if bool(args.recorded) == bool(args.model):
         raise ToolError("give either --recorded FILE... or --model FLUX --synthetic")
+    refuse_existing(args.out, args.heldout_out, overwrite=args.overwrite)
     if args.recorded:
         samples, summary = load_calibration(args.recorded, args.max_samples, args.seed)
-        groups = [[s] for s in samples]
+        groups = group_by_conditioning(samples)
         info = {"source": "recorded", "files": [f["file"] for f in summary["files"]]}
     else:
         groups, info = _from_prompts(args)
     cal, held = _split(groups, args.heldout_fraction, args.seed)
     write_calibration(args.out, cal, {**info, "split": "calibration"})
-    rows = [["calibration", f"{len(cal)} samples -> {args.out}"]]
+    rows = [["prompts (split unit)", str(len(groups))], ["calibration", f"{len(cal)} samples -> {args.out}"]]
     if held:
         write_calibration(args.heldout_out, held, {**info, "split": "heldout"})
         rows.append(["held out", f"{len(held)} samples -> {args.heldout_out}"])
@@ -169,21 +189,42 @@ def _from_prompts(args: argparse.Namespace) -> tuple[list[list[CalibrationSample
     lat = args.size // 8
     tokens = (lat // 2) ** 2
     sigmas = flux_sigmas(args.steps, tokens, shift=cfg.guidance_embed)
-    groups = []
-    for prompt in tqdm(chosen, desc="calibrate (trajectories)", disable=args.no_progress):
-        ctx, y = synthetic_conditioning(prompt, args.txt_len, cfg.context_in_dim, cfg.vec_in_dim)
-        noise = torch.randn(1, cfg.in_channels // 4, lat, lat, generator=g)
-        guid = torch.full((1,), args.guidance) if cfg.guidance_embed else None
-        recs, _ = euler_trajectory(
-            model,
-            noise.to(dev),
-            ctx.to(dev),
-            y.to(dev),
-            None if guid is None else guid.to(dev),
-            sigmas.to(dev),
-            record,
+    if dev.type == "cpu" and args.size > 512:
+        log.warning(
+            "sampling %d prompts x %d steps at %d px on the CPU takes minutes per prompt; for a pipeline "
+            "check pass --size 256 (real calibration data: record it in ComfyUI on a GPU)",
+            len(chosen),
+            args.steps,
+            args.size,
         )
-        groups.append(recs)
+    groups = []
+    # one tick per model call (Euler step), not per prompt: a 1024 px trajectory takes a while
+    bar = tqdm(
+        total=len(chosen) * args.steps, desc="calibrate (Euler steps)", unit="step", disable=args.no_progress
+    )
+
+    def _tick(*_) -> None:  # a forward hook must return None (a value would replace the output)
+        bar.update(1)
+
+    tick = model.img_in.register_forward_hook(_tick)
+    try:
+        for prompt in chosen:
+            ctx, y = synthetic_conditioning(prompt, args.txt_len, cfg.context_in_dim, cfg.vec_in_dim)
+            noise = torch.randn(1, cfg.in_channels // 4, lat, lat, generator=g)
+            guid = torch.full((1,), args.guidance) if cfg.guidance_embed else None
+            recs, _ = euler_trajectory(
+                model,
+                noise.to(dev),
+                ctx.to(dev),
+                y.to(dev),
+                None if guid is None else guid.to(dev),
+                sigmas.to(dev),
+                record,
+            )
+            groups.append(recs)
+    finally:
+        tick.remove()
+        bar.close()
     info = {
         "source": "synthetic",
         "model": src.files[0].name,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..core.checkpoint import describe_file, is_ternary_file, load_checkpoint, write_checkpoint
 from .args import FORMATTER, ToolError
+from .cli_paths import add_overwrite_arg, refuse_existing
 from .report import format_table, human_bytes
 
 
@@ -34,10 +35,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--to", choices=["2bit", "base3"], default=None, help="target packing (default: the other one)"
     )
     p.add_argument("-o", "--out", type=Path, required=True, help="output checkpoint")
+    add_overwrite_arg(p)
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="accepted like every other command (convert is one read and one write; it shows no bar)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.file.is_dir():
+        raise ToolError(f"{args.file}: is a folder; convert takes one TernaryFLUX checkpoint file")
     if not args.file.is_file():
         raise ToolError(f"{args.file}: no such file")
     if not is_ternary_file(args.file):
@@ -46,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.out.resolve() == args.file.resolve():
         raise ToolError("-o must differ from the input")
+    refuse_existing(args.out, overwrite=args.overwrite)
     from ..core.checkpoint import METADATA_KEY, TernaryMetadata, header_metadata, read_header
 
     was = TernaryMetadata.from_json(header_metadata(read_header(args.file))[METADATA_KEY], args.file).packing

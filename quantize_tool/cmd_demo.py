@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
+from ..core.calibration_data import write_calibration
 from ..core.checkpoint import TernaryMetadata, load_checkpoint, write_checkpoint
 from ..core.fixtures import make_flux_inputs, make_tiny_flux, tiny_flux_config
 from ..core.flux_layout import is_ternary_layer
@@ -25,6 +28,8 @@ from ..quant.algorithms import TernaryConfig, quantize_
 from ..quant.evaluate import velocity_error
 from ..quant.flux import quantize_flux_tensors
 from ..quant.testing import trajectory_calibration
+from .args import ToolError
+from .cli_paths import add_overwrite_arg, refuse_existing
 from .report import format_table, human_bytes
 
 
@@ -52,6 +57,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default 6; 0 skips it)",
     )
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    p.add_argument(
+        "--write-models",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="instead of the demo, write a float tiny FLUX to try the tool on (the demo's structured "
+        "model, BFL layout, bf16) with a calibration and a held-out file, and print the commands to run",
+    )
+    add_overwrite_arg(p)
     p.set_defaults(func=run)
 
 
@@ -61,8 +75,69 @@ def euler_step(model, inp: dict, sigma: float, sigma_next: float) -> torch.Tenso
     return inp["x"] + (sigma_next - sigma) * v
 
 
-@torch.no_grad()
 def run(args: argparse.Namespace) -> int:
+    if args.write_models is not None:
+        return write_models(args)
+    if args.out is not None:
+        return _demo(args, args.out)
+    # the checkpoints go to a temporary folder that is removed afterwards (no /tmp leftovers)
+    with tempfile.TemporaryDirectory(prefix="ternaryflux-demo-") as d:
+        return _demo(args, Path(d), temporary=True)
+
+
+MODEL_FILES = {
+    "model": "tiny-flux-float.safetensors",
+    "cal": "tiny-flux-calibration.safetensors",
+    "held": "tiny-flux-heldout.safetensors",
+}
+
+
+def write_models(args: argparse.Namespace) -> int:
+    """``--write-models DIR``: the float tiny FLUX + calibration/held-out files, and what to run."""
+    folder: Path = args.write_models
+    if folder.exists() and not folder.is_dir():
+        raise ToolError(f"--write-models {folder}: exists and is not a folder")
+    targets = {k: folder / v for k, v in MODEL_FILES.items()}
+    refuse_existing(*targets.values(), overwrite=args.overwrite)
+    config = tiny_flux_config(hidden=args.hidden, depth=args.depth, depth_single=args.depth_single)
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = {
+        k: v.to(torch.bfloat16)
+        for k, v in make_tiny_flux(config, seed=args.seed, structured=True).state_dict().items()
+    }
+    prompts = max(2, args.calibration_prompts)
+    with tempfile.TemporaryDirectory(prefix=".ternaryflux-models-", dir=folder) as tmp:
+        staged = {k: Path(tmp) / v for k, v in MODEL_FILES.items()}
+        save_file(sd, str(staged["model"]))
+        write_calibration(
+            staged["cal"], trajectory_calibration(sd, prompts, seed=args.seed + 10), {"source": "synthetic"}
+        )
+        write_calibration(
+            staged["held"],
+            trajectory_calibration(sd, max(2, prompts // 2), seed=args.seed + 20),
+            {"source": "synthetic"},
+        )
+        for k in MODEL_FILES:
+            os.replace(staged[k], targets[k])
+    m, c, h = (str(targets[k]) for k in ("model", "cal", "held"))
+    t = str(folder / "tiny-flux-ternary.safetensors")
+    rows = [
+        ["float tiny FLUX", f"{m} (hidden {args.hidden}, {args.depth}+{args.depth_single} blocks, bf16)"],
+        ["calibration", f"{c} ({prompts} synthetic prompts' trajectories)"],
+        ["held out", h],
+    ]
+    print(format_table(["ternaryflux demo --write-models", ""], rows))
+    print(
+        "\nTry the tool on them:\n"
+        f"  ternaryflux inspect {m}\n"
+        f"  ternaryflux quantize {m} --method calibrated --calibration {c} -o {t}\n"
+        f"  ternaryflux eval --teacher {m} --student {t} --heldout {h}"
+    )
+    return 0
+
+
+@torch.no_grad()
+def _demo(args: argparse.Namespace, folder: Path, temporary: bool = False) -> int:
     config = tiny_flux_config(hidden=args.hidden, depth=args.depth, depth_single=args.depth_single)
     float_model = make_tiny_flux(config, seed=args.seed, structured=True)
     inp = make_flux_inputs(config, height=args.size, width=args.size, txt_len=16, seed=args.seed + 1)
@@ -81,7 +156,6 @@ def run(args: argparse.Namespace) -> int:
     t_quant = time.perf_counter() - t0
     params_ternary = sum(int(tern.get_submodule(n).weight_shape.prod()) for n in layers)
 
-    folder = args.out or Path(tempfile.mkdtemp(prefix="ternaryflux-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     sd = {
         k: (v.to(torch.bfloat16) if v.is_floating_point() and not k.endswith("weight_scale") else v)
@@ -146,7 +220,10 @@ def run(args: argparse.Namespace) -> int:
             "time: ternarize / load / step",
             f"{t_quant:.2f} s / {t_load:.2f} s / {t_tern:.2f} s (float step {t_float:.2f} s)",
         ],
-        ["checkpoints", str(folder)],
+        [
+            "checkpoints",
+            "temporary, removed at the end (keep them with --out DIR)" if temporary else str(folder),
+        ],
     ]
     print(format_table(["TernaryFLUX demo", ""], rows))
     if args.calibration_prompts > 0:

@@ -38,7 +38,16 @@ from ..quant.distill import DistillConfig, distill, export_student, make_student
 from ..quant.evaluate import velocity_error
 from ..quant.flux import peak_rss_bytes, resolve_device
 from ..quant.sources import open_source
-from .args import FORMATTER, ToolError, add_device_arg, add_progress_arg, default_report_path, write_json
+from .args import (
+    FORMATTER,
+    ToolError,
+    WithProgress,
+    add_device_arg,
+    add_progress_arg,
+    default_report_path,
+    write_json,
+)
+from .cli_paths import add_overwrite_arg, refuse_existing
 from .report import format_table
 
 log = logging.getLogger(__name__)
@@ -87,6 +96,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue from the state file")
     p.add_argument(
+        "--keep-state",
+        action="store_true",
+        help="keep the resume state file after a successful run (default: removed; it is several times "
+        "the checkpoint's size)",
+    )
+    add_overwrite_arg(p)
+    p.add_argument(
         "--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS
     )  # test hook: stop like a kill
     p.add_argument("--report", type=Path, default=None, help="JSON report (default: OUT with .report.json)")
@@ -99,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     dev = resolve_device(args.device)
     if args.steps < 1:
         raise ToolError("--steps must be >= 1")
+    refuse_existing(args.out, overwrite=args.overwrite)
     ckpt = load_checkpoint(args.student)
     src = open_source(args.teacher)
     teacher = flux_from_state_dict(src.state_dict(), dtype=torch.float32, device=dev)
@@ -121,8 +138,17 @@ def run(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
     )
     state = args.state or args.out.with_name(args.out.name.removesuffix(".safetensors") + ".distill-state.pt")
+    args.interrupt_hint = (
+        f"the resume state ({state}) is saved every {args.save_every} steps: run the same command "
+        "with --resume to continue"
+    )
     eval_set = held or samples
-    before = velocity_error(teacher, student, eval_set, dev) if not args.resume else None
+    prog = not args.no_progress
+    before = (
+        velocity_error(teacher, student, WithProgress(eval_set, "distill: error before", prog), dev)
+        if not args.resume
+        else None
+    )
     extra = {
         "student": ckpt.metadata.to_json(),
         "teacher": [str(f.name) for f in src.files],
@@ -143,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     if not res["completed"]:
         print(f"stopped after step {args.stop_after_steps}; state saved to {state}; continue with --resume")
         return 0
-    after = velocity_error(teacher, student, eval_set, dev)
+    after = velocity_error(teacher, student, WithProgress(eval_set, "distill: error after", prog), dev)
     sd = export_student(student, names, ckpt.state_dict)
     meta = ckpt.metadata
     meta.method_params = {
@@ -170,6 +196,11 @@ def run(args: argparse.Namespace) -> int:
     }
     report_path = args.report or default_report_path(args.out)
     write_json(report_path, report)
+    if args.keep_state:
+        state_row = f"{state} (kept: --keep-state)"
+    else:
+        state.unlink(missing_ok=True)
+        state_row = "removed after success (--keep-state keeps it)"
     rows = [
         ["output", str(args.out)],
         [
@@ -182,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
             f"{before:.4g} -> {after:.4g}" if before is not None else f"{after:.4g}",
         ],
         ["time", f"{res['seconds']:.1f} s"],
+        ["resume state", state_row],
         ["report", str(report_path)],
     ]
     print(format_table(["ternaryflux distill", ""], rows))

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from ..core.checkpoint import load_checkpoint
+from ..core.checkpoint import is_ternary_file, load_checkpoint
 from ..core.flux_model import flux_from_state_dict
 from ..quant.calibration import check_calibration_fits, load_calibration
 from ..quant.evaluate import compare_models
 from ..quant.flux import resolve_device
 from ..quant.sources import open_source
-from .args import FORMATTER, ToolError, add_device_arg, write_json
+from .args import FORMATTER, ToolError, WithProgress, add_device_arg, add_progress_arg, write_json
 from .report import format_table
 
 
@@ -43,11 +43,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-samples", type=int, default=None, help="use at most N samples")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     add_device_arg(p)
+    add_progress_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     dev = resolve_device(args.device)
+    if args.teacher.is_file() and is_ternary_file(args.teacher):
+        raise ToolError(
+            f"--teacher {args.teacher}: a TernaryFLUX checkpoint; eval compares against the float FLUX it "
+            "was made from (give that as --teacher, the ternary files as --student)"
+        )
     src = open_source(args.teacher)
     teacher = flux_from_state_dict(src.state_dict(), dtype=torch.float32, device=dev)
     samples, summary = load_calibration(args.heldout, args.max_samples)
@@ -59,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         student = flux_from_state_dict(ckpt.state_dict, dtype=torch.float32, device=dev)
         if student.config != teacher.config:
             raise ToolError(f"{path} does not fit {args.teacher}: different architecture")
-        r = compare_models(teacher, student, samples, dev)
+        seq = WithProgress(samples, f"eval {Path(path).name}", not args.no_progress)
+        r = compare_models(teacher, student, seq, dev)
         r["method"] = ckpt.metadata.method
         results[str(path)] = r
     names = [b["block"] for b in next(iter(results.values()))["blocks"]]

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..core.calibration_data import CALIBRATION_KEY
 from ..core.checkpoint import METADATA_KEY, TernaryMetadata, describe_file
+from ..core.defaults import DEFAULT_METHOD, method_needs_calibration
 from ..core.flux_layout import ARCHITECTURES, config_from_shapes, is_ternary_layer
 from ..quant.sources import COMFY_PREFIX, DTYPE_NAMES, SafetensorsReader, open_source, resolve_files
 from .args import FORMATTER, ToolError
@@ -94,8 +95,11 @@ def inspect_file(path: Path) -> dict[str, Any]:
         return info
     try:
         src = open_source(path)
-    except ToolError:
-        raise ToolError(f"{path}: {describe_file(files[0])}") from None
+    except ToolError as e:
+        what = describe_file(files[0])
+        if "plain FLUX transformer" in what:  # a FLUX whose layout was recognised: say what is wrong with it
+            raise
+        raise ToolError(f"{path}: {what} ({e})") from None
     cfg = src.config
     dtypes = {}
     total = ternary = 0
@@ -121,6 +125,12 @@ def inspect_file(path: Path) -> dict[str, Any]:
         dtypes=dtypes,
     )
     return info
+
+
+def next_step_hint(path) -> str:
+    """The quantize command for this file with the shared default method (core/defaults.py)."""
+    calib = " --calibration CALIBRATION_FILES" if method_needs_calibration(DEFAULT_METHOD) else ""
+    return f"ternaryflux quantize {path} --method {DEFAULT_METHOD}{calib} -o OUT.safetensors"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -184,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
                 "would be ternary",
                 f"{info['params_ternarizable']:,} ({100 * frac:.1f}%, policy {info['default_ternary_policy']})",
             ],
-            ["next step", f"ternaryflux quantize {args.file} -o OUT.safetensors"],
+            ["next step", next_step_hint(args.file)],
         ]
     print(format_table(["ternaryflux inspect", ""], rows))
     return 0

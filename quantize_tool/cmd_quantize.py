@@ -27,6 +27,9 @@ Examples:
   ternaryflux quantize FLUX.1-dev/transformer --method calibrated \\
       --calibration calib/*.safetensors --calib-samples 32 -o flux1-dev-ternary-cal.safetensors
   ternaryflux quantize FLUX.2-klein-4B/transformer --group-size 128 -o flux2-klein-4b-ternary.safetensors
+  # every file the Record Calibration node wrote (a folder), options in any order:
+  ternaryflux quantize --method calibrated --calibration ComfyUI/output/ternaryflux_calibration \\
+      -o flux1-dev-ternary-cal.safetensors flux1-dev.safetensors
 """
 
 from __future__ import annotations
@@ -35,12 +38,14 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..core.defaults import BASELINE_METHOD, DEFAULT_METHOD
 from ..core.flux_layout import POLICIES
-from ..quant.algorithms import ALL_CANDIDATES, BLOCK_INPUTS, DEFAULT_CANDIDATES, TernaryConfig
+from ..quant.algorithms import ALL_CANDIDATES, BLOCK_INPUTS, DEFAULT_CANDIDATES, METHODS, TernaryConfig
 from ..quant.calibration import check_calibration_fits, load_calibration
 from ..quant.flux import quantize_flux
 from ..quant.sources import open_source
 from .args import FORMATTER, ToolError, add_device_arg, add_progress_arg, default_report_path, write_json
+from .cli_paths import add_overwrite_arg, expand_calibration_paths, is_calibration_file, refuse_existing
 from .report import format_table, human_bytes
 
 log = logging.getLogger(__name__)
@@ -56,22 +61,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "source",
         type=Path,
+        nargs="?",  # checked in run(): a clear message when --calibration swallowed it
         help="float FLUX: .safetensors file, *.safetensors.index.json, or a diffusers transformer folder",
     )
     p.add_argument("-o", "--out", type=Path, required=True, help="output checkpoint (.safetensors)")
     p.add_argument(
         "--method",
-        choices=["absmean", "twn", "calibrated"],
-        default="absmean",
-        help="see above (default absmean)",
+        choices=list(METHODS),
+        default=DEFAULT_METHOD,
+        help=f"see above (default {DEFAULT_METHOD}; {BASELINE_METHOD} is the data-free baseline)",
     )
     p.add_argument(
         "--calibration",
         type=Path,
         nargs="+",
+        action="extend",
         default=None,
-        metavar="FILE",
-        help="calibration files (for calibrated)",
+        metavar="FILE_OR_DIR",
+        help="calibration files or folders (a folder = every .safetensors in it, e.g. "
+        "ComfyUI/output/ternaryflux_calibration); repeatable (for calibrated)",
     )
     p.add_argument(
         "--calib-samples", type=int, default=32, help="use at most this many calibration samples (default 32)"
@@ -126,12 +134,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="do not compute the source SHA-256 (saves one read of the source)",
     )
     add_progress_arg(p)
+    add_overwrite_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.source is None and args.calibration and len(args.calibration) > 1:
+        # `--calibration rec/*.safetensors flux1-dev.safetensors`: nargs='+' took the source too;
+        # take it back when the last path is clearly not a calibration file
+        last = args.calibration[-1]
+        if last.exists() and not is_calibration_file(last):
+            args.source = last
+            args.calibration = args.calibration[:-1]
+            log.info("source: %s (given after the --calibration files)", last)
+    if args.source is None:
+        hint = ""
+        if args.calibration and len(args.calibration) > 1:
+            hint = (
+                f" (--calibration takes every path after it, so {str(args.calibration[-1])!r} was read as "
+                "a calibration file: put the source before --calibration, or pass the calibration folder)"
+            )
+        raise ToolError("quantize needs the float FLUX source: ternaryflux quantize SOURCE -o OUT" + hint)
     if args.out.resolve() == args.source.resolve():
         raise ToolError("-o must differ from the source")
+    refuse_existing(args.out, overwrite=args.overwrite)
     src = open_source(args.source)
     cands = tuple(c.strip() for c in args.candidates.split(",") if c.strip())
     cfg = TernaryConfig(
@@ -152,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
                 "--method calibrated needs --calibration FILE... (record it with the Record Calibration node in ComfyUI, "
                 "or `ternaryflux calibrate`)"
             )
-        samples, summary = load_calibration(args.calibration, args.calib_samples, args.seed)
+        calib_files = expand_calibration_paths(args.calibration)
+        samples, summary = load_calibration(calib_files, args.calib_samples, args.seed)
         c = src.config
         check_calibration_fits(samples, c)
     elif args.calibration:
@@ -189,10 +216,20 @@ def run(args: argparse.Namespace) -> int:
         ],
         ["ternary layers", report["ternary_layers"]],
         ["mean weight rel. err", report.get("mean_weight_rel_err", float("nan"))],
-        ["worst layers", ", ".join(f"{r['layer']} {r['weight_rel_err']:.3f}" for r in worst)],
-        ["time", f"{report['seconds']:.1f} s ({report['input_MB_per_s']:.0f} MB/s of input)"],
+        ["worst layers (weight)", ", ".join(f"{r['layer']} {r['weight_rel_err']:.3f}" for r in worst)],
+        ["time", f"{report['seconds']:.1f} s ({report['input_MB_per_s']:.3g} MB/s of input)"],
         ["peak RSS", human_bytes(report["peak_rss_bytes"])],
         ["report", str(report_path)],
     ]
+    block = [r["block_out_rel_err"] for r in report["layers"] if r.get("block_out_rel_err") is not None]
+    if block:  # calibrated minimizes the block output error, not the weight error: show both
+        rows.insert(
+            5,
+            [
+                "mean block-output rel. err",
+                f"{sum(block) / len(block):.4f} (what calibrated minimizes; its weight error may be "
+                "higher than absmean's)",
+            ],
+        )
     print(format_table(["ternaryflux quantize", ""], rows))
     return 0

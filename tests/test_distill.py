@@ -85,12 +85,12 @@ def test_resume_after_stop_equals_uninterrupted(fixture, tmp_path):
     r = _run(_distill_argv(fixture, part, 8, *steps, "--stop-after-steps", "5"))
     assert r.returncode == 0 and "stopped after step 5" in r.stdout, r.stderr
     assert not part.exists()
+    # a resume with different settings is refused (while the state exists: it is removed on success)
+    r = _run(_distill_argv(fixture, part, 8, "--seed", "6", "--resume"))
+    assert r.returncode == 2 and "different settings" in r.stderr
     r = _run(_distill_argv(fixture, part, 8, *steps, "--resume"))
     assert r.returncode == 0, r.stderr
     _same(full, part)
-    # a resume with different settings is refused
-    r = _run(_distill_argv(fixture, part, 8, "--seed", "6", "--resume"))
-    assert r.returncode == 2 and "different settings" in r.stderr
 
 
 def test_resume_after_kill_equals_uninterrupted(fixture, tmp_path):

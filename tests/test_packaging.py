@@ -88,3 +88,70 @@ def test_pytest_runs_from_a_checkout_folder_that_is_not_an_identifier(tmp_path):
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert " passed" in r.stdout
+
+
+def _req(text: str):
+    from packaging.requirements import Requirement
+
+    return Requirement(text)
+
+
+PLATFORMS = {
+    "linux-x86_64": {"platform_system": "Linux", "platform_machine": "x86_64", "sys_platform": "linux"},
+    "macos-arm64": {"platform_system": "Darwin", "platform_machine": "arm64", "sys_platform": "darwin"},
+    "windows-amd64": {"platform_system": "Windows", "platform_machine": "AMD64", "sys_platform": "win32"},
+}
+
+
+def test_test_extra_is_light_and_portable_ci_extra_pins_kernels_where_wheels_exist():
+    """`.[test]` (README command 1) installs on macOS/Windows and stays small: no triton or
+    bitsandbytes; `.[ci]` pins them for CI, only on Linux (where their wheels exist)."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for env in PLATFORMS.values():
+        names = {_req(d).name for d in extras["test"] if not _req(d).marker or _req(d).marker.evaluate(env)}
+        assert not names & {"triton", "bitsandbytes"}, names
+    ci = {_req(d).name: _req(d) for d in extras["ci"]}
+    assert str(ci["triton"].specifier) == "==3.7.1" and ci["bitsandbytes"].specifier
+    for r in ci.values():
+        assert r.marker.evaluate(PLATFORMS["linux-x86_64"])
+        assert not r.marker.evaluate(PLATFORMS["macos-arm64"]) and not r.marker.evaluate(
+            PLATFORMS["windows-amd64"]
+        )
+
+
+def test_ci_runs_readme_commands_and_the_real_host():
+    """.ci/run: README command 1 verbatim, the CI extra, the host build outside the clone, and
+    README command 2 with the host set so the integration suite cannot skip."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    cmd1 = readme.split("```bash\n", 1)[1].split("\n```", 1)[0]
+    plain = ci.replace(" --disable-pip-version-check", "")
+    for part in cmd1.split(" && "):
+        assert part in plain, part
+    assert "pip install --disable-pip-version-check -e '.[test,ci]'" in ci
+    assert "set -euo pipefail" in ci and "comfyhost/setup.sh" in ci and "$HOME/.cache/" in ci
+    assert "export COMFYUI_PATH=" in ci and "TERNARYFLUX_REQUIRE_COMFYUI=1" in ci
+    assert ci.rstrip().splitlines()[-2].strip() == "python -m pytest -q"
+
+
+def test_integration_suite_fails_instead_of_skipping_when_ci_requires_the_host(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("COMFYUI_PATH", "COMFYUI_PYTHON")}
+    env["TERNARYFLUX_REQUIRE_COMFYUI"] = "1"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/comfyui/test_comfyui_integration.py",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0 and "TERNARYFLUX_REQUIRE_COMFYUI" in r.stdout, r.stdout[-2000:]

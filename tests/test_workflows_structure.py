@@ -104,7 +104,7 @@ def test_expected_graph_shapes():
     (note,) = [n for n in rec["nodes"] if n["type"] == "Note"]
     text = note["widgets_values"][0]
     assert (
-        "batch count" in text and "--method calibrated --calibration output/ternaryflux_calibration/" in text
+        "batch count" in text and "--method calibrated --calibration output/ternaryflux_calibration " in text
     )
 
 

@@ -104,6 +104,13 @@ def main() -> int:
                 }
                 r["success"] = True
                 continue
+            if job.get("call"):  # a fixture the host writes with its own classes (host_fixtures.py)
+                import importlib
+
+                mod, fn = job["call"].split(":")
+                r["result"] = getattr(importlib.import_module(mod), fn)(**job.get("kwargs", {}))
+                r["success"] = True
+                continue
             if job.get("dump_defs"):
                 r["defs"] = {
                     k: {

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ternaryflux.core.defaults import DEFAULT_METHOD
+
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "workflows"
 
@@ -283,7 +285,7 @@ def ternarize_and_save() -> dict:
     tern = g.add(
         "TernaryFluxTernarize",
         (420, 40),
-        method="absmean",
+        method=DEFAULT_METHOD,
         group_size="per-channel",
         calibration="none",
         max_calibration_samples=16,
@@ -332,9 +334,11 @@ RECORD_NOTE = """Record calibration data over many prompts
 3. Set the Queue batch count (e.g. 100) and press Queue once: each run records ONE prompt (every
    5th transformer call of its 20 steps, 4 samples, about 18 MB at 1024x1024) into a new file
    output/ternaryflux_calibration/flux_calibration_NNNNN.safetensors.
-4. Quantize with all recorded files:
-   ternaryflux quantize --method calibrated --calibration output/ternaryflux_calibration/*.safetensors
-   (or pick one file in the Ternarize FLUX node, method "calibrated").
+4. Quantize with all recorded files (a folder = every file in it), from the ComfyUI folder:
+   ternaryflux quantize models/diffusion_models/flux1-dev.safetensors --method calibrated --calibration output/ternaryflux_calibration -o models/diffusion_models/flux1-dev-ternary.safetensors
+   (no `ternaryflux` command after a Manager install? From ComfyUI/custom_nodes, with ComfyUI's
+   Python: python -m ComfyUI-TernaryFLUX quantize ..., paths relative to custom_nodes.)
+   Or pick one file in the Ternarize FLUX node, method "calibrated".
 """
 
 
