@@ -32,6 +32,7 @@ from .flux_layers import (
     QKNorm,
     SelfAttention,
     attention,
+    double_stream,
     layer_norm,
     patchify,
     split_modulation,
@@ -75,26 +76,7 @@ class Flux2DoubleStreamBlock(nn.Module):
         """``mod_img`` / ``mod_txt``: the global double-stream modulation outputs ``[B, 1, 6H]``."""
         img_m1, img_m2 = split_modulation(mod_img, 6)
         txt_m1, txt_m2 = split_modulation(mod_txt, 6)
-        img_q, img_k, img_v = split_qkv(
-            self.img_attn.qkv((1 + img_m1.scale) * layer_norm(img) + img_m1.shift), self.num_heads
-        )
-        img_q, img_k = self.img_attn.norm(img_q, img_k, img_v)
-        txt_q, txt_k, txt_v = split_qkv(
-            self.txt_attn.qkv((1 + txt_m1.scale) * layer_norm(txt) + txt_m1.shift), self.num_heads
-        )
-        txt_q, txt_k = self.txt_attn.norm(txt_q, txt_k, txt_v)
-        attn = attention(
-            torch.cat((txt_q, img_q), dim=2),
-            torch.cat((txt_k, img_k), dim=2),
-            torch.cat((txt_v, img_v), dim=2),
-            pe,
-        )
-        txt_a, img_a = attn[:, : txt.shape[1]], attn[:, txt.shape[1] :]
-        img = img + img_m1.gate * self.img_attn.proj(img_a)
-        img = img + img_m2.gate * self.img_mlp((1 + img_m2.scale) * layer_norm(img) + img_m2.shift)
-        txt = txt + txt_m1.gate * self.txt_attn.proj(txt_a)
-        txt = txt + txt_m2.gate * self.txt_mlp((1 + txt_m2.scale) * layer_norm(txt) + txt_m2.shift)
-        return img, txt
+        return double_stream(self, img, txt, (img_m1, img_m2), (txt_m1, txt_m2), pe)
 
 
 class Flux2SingleStreamBlock(nn.Module):

@@ -145,6 +145,41 @@ def layer_norm(x: Tensor) -> Tensor:
     return F.layer_norm(x, x.shape[-1:], eps=1e-6)
 
 
+def double_stream(
+    block: nn.Module,
+    img: Tensor,
+    txt: Tensor,
+    img_mods: tuple[ModulationOut, ModulationOut],
+    txt_mods: tuple[ModulationOut, ModulationOut],
+    pe: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """The double-stream block body FLUX.1 and FLUX.2 share: modulated attention over the joined
+    txt+img tokens, then the modulated MLP of each stream. ``block`` holds ``img_attn``,
+    ``txt_attn``, ``img_mlp``, ``txt_mlp`` and ``num_heads``; the two architectures differ only in
+    where the modulation comes from (per block vs global) and in the MLP."""
+    (img_m1, img_m2), (txt_m1, txt_m2) = img_mods, txt_mods
+    img_q, img_k, img_v = split_qkv(
+        block.img_attn.qkv((1 + img_m1.scale) * layer_norm(img) + img_m1.shift), block.num_heads
+    )
+    img_q, img_k = block.img_attn.norm(img_q, img_k, img_v)
+    txt_q, txt_k, txt_v = split_qkv(
+        block.txt_attn.qkv((1 + txt_m1.scale) * layer_norm(txt) + txt_m1.shift), block.num_heads
+    )
+    txt_q, txt_k = block.txt_attn.norm(txt_q, txt_k, txt_v)
+    attn = attention(
+        torch.cat((txt_q, img_q), dim=2),
+        torch.cat((txt_k, img_k), dim=2),
+        torch.cat((txt_v, img_v), dim=2),
+        pe,
+    )
+    txt_a, img_a = attn[:, : txt.shape[1]], attn[:, txt.shape[1] :]
+    img = img + img_m1.gate * block.img_attn.proj(img_a)
+    img = img + img_m2.gate * block.img_mlp((1 + img_m2.scale) * layer_norm(img) + img_m2.shift)
+    txt = txt + txt_m1.gate * block.txt_attn.proj(txt_a)
+    txt = txt + txt_m2.gate * block.txt_mlp((1 + txt_m2.scale) * layer_norm(txt) + txt_m2.shift)
+    return img, txt
+
+
 class LastLayer(nn.Module):
     def __init__(self, hidden: int, out_channels: int, device=None, dtype=None, bias: bool = True):
         super().__init__()
