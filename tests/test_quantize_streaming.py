@@ -9,6 +9,7 @@ import sys
 
 import torch
 from ternaryflux.core.checkpoint import load_checkpoint
+from ternaryflux.core.defaults import DEFAULT_METHOD
 from ternaryflux.core.flux_layout import FluxConfig
 from ternaryflux.core.packing import unpack_2bit
 from ternaryflux.core.ternarize import absmean, ternarize, ternarize_with_error, twn
@@ -49,7 +50,8 @@ def test_streaming_quantize_peak_rss_is_bounded(tmp_path):
     assert len(ck.ternary_layers) == 2 * 10 + 4 * 3
     s = open_source(src)
     k = "double_blocks.1.img_mlp.2"
-    ref = ternarize(s.get(f"{k}.weight"), "absmean")
+    ref = ternarize(s.get(f"{k}.weight"), ck.metadata.method)  # the CLI default (core/defaults.py)
+    assert ck.metadata.method == DEFAULT_METHOD
     _close(ck.state_dict[f"{k}.weight"], ck.state_dict[f"{k}.weight_scale"], ref)
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from ternaryflux.core.calibration_data import read_calibration, write_calibration
 from ternaryflux.core.checkpoint import load_checkpoint
+from ternaryflux.core.defaults import DEFAULT_METHOD
 from ternaryflux.core.fixtures import make_flux_state_dict, tiny_flux_config
 from ternaryflux.quant.make_prompts import OUT, make_prompts
 from ternaryflux.quant.sampling import flux_sigmas
@@ -71,7 +72,9 @@ def test_inspect_ternary_and_calibration(small, capsys):
     assert main(["inspect", str(small["ternary"]), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert (
-        info["kind"] == "ternaryflux" and info["metadata"]["method"] == "absmean" and info["variant"] == "dev"
+        info["kind"] == "ternaryflux"
+        and info["metadata"]["method"] == DEFAULT_METHOD
+        and info["variant"] == "dev"
     )
     assert len(info["metadata"]["source_sha256"]) == 64 and info["params_ternary"] > 0
     assert main(["inspect", str(small["ternary"])]) == 0
@@ -86,7 +89,7 @@ def test_convert_roundtrip(small, tmp_path):
     assert main(["convert", str(b3), "-o", str(back)]) == 0  # default: the other packing
     assert b3.stat().st_size < small["ternary"].stat().st_size
     a, c = load_checkpoint(small["ternary"]), load_checkpoint(back)
-    assert c.metadata.packing == "2bit" and load_checkpoint(b3).metadata.method == "absmean"
+    assert c.metadata.packing == "2bit" and load_checkpoint(b3).metadata.method == DEFAULT_METHOD
     assert all(torch.equal(a.state_dict[k], c.state_dict[k]) for k in a.state_dict)
 
 
