@@ -35,6 +35,7 @@ from .flux_layers import (
     double_stream,
     layer_norm,
     patchify,
+    run_blocks,
     split_modulation,
     split_qkv,
     timestep_embedding,
@@ -200,14 +201,7 @@ class Flux2(nn.Module):
         guidance: Tensor | None = None,
     ) -> Tensor:
         """img ``[B, L_img, 128]``, txt ``[B, L_txt, context_in_dim]``, ids ``[B, L, 4]``."""
-        e = self.embed(img, img_ids, txt, txt_ids, timesteps, y, guidance)
-        img, txt, pe = e["img"], e["txt"], e["pe"]
-        for block in self.double_blocks:
-            img, txt = block(img, txt, e["mod_img"], e["mod_txt"], pe)
-        x = torch.cat((txt, img), dim=1)
-        for block in self.single_blocks:
-            x = block(x, e["mod_single"], pe)
-        return self.final_layer(x[:, txt.shape[1] :, ...], e["vec"])
+        return run_blocks(self, self.embed(img, img_ids, txt, txt_ids, timesteps, y, guidance))
 
     @staticmethod
     def latent_to_tokens(

@@ -180,6 +180,19 @@ def double_stream(
     return img, txt
 
 
+def run_blocks(model: nn.Module, stream: dict[str, Tensor]) -> Tensor:
+    """Every block of a FLUX.1 or FLUX.2 ``model`` on the stream its ``embed`` made, then the
+    final layer. The model says what each block takes (``double_args`` / ``single_args``), so
+    the two architectures and the streaming quantizer share one stream protocol."""
+    s = dict(stream)
+    for block in model.double_blocks:
+        s["img"], s["txt"] = block(*model.double_args(s))
+    s["x"] = torch.cat((s["txt"], s["img"]), dim=1)
+    for block in model.single_blocks:
+        s["x"] = block(*model.single_args(s))
+    return model.final_layer(s["x"][:, s["txt"].shape[1] :, ...], s["vec"])
+
+
 class LastLayer(nn.Module):
     def __init__(self, hidden: int, out_channels: int, device=None, dtype=None, bias: bool = True):
         super().__init__()

@@ -32,6 +32,7 @@ from .flux_layers import (  # noqa: F401  (re-exported: the FLUX.1 model's piece
     layer_norm,
     patchify,
     rope,
+    run_blocks,
     split_qkv,
     timestep_embedding,
     unpatchify,
@@ -175,14 +176,7 @@ class Flux(nn.Module):
         guidance: Tensor | None = None,
     ) -> Tensor:
         """BFL signature: img ``[B, L_img, in_channels]``, txt ``[B, L_txt, context_in_dim]``."""
-        e = self.embed(img, img_ids, txt, txt_ids, timesteps, y, guidance)
-        img, txt, vec, pe = e["img"], e["txt"], e["vec"], e["pe"]
-        for block in self.double_blocks:
-            img, txt = block(img, txt, vec, pe)
-        x = torch.cat((txt, img), dim=1)
-        for block in self.single_blocks:
-            x = block(x, vec, pe)
-        return self.final_layer(x[:, txt.shape[1] :, ...], vec)
+        return run_blocks(self, self.embed(img, img_ids, txt, txt_ids, timesteps, y, guidance))
 
     @staticmethod
     def latent_to_tokens(
