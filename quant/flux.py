@@ -524,34 +524,26 @@ def _quantize_calibrated(
             return target, target
         return target, [t.clone() for s in tstreams for t in flatten_outputs(block(*args_of(s)))]
 
-    kw = {"dtype": torch.float32}
-    for i in range(cfg.depth):
-        prefix = f"double_blocks.{i}."
+    def run_stage(prefix: str, new_block: Callable, args_of: Callable[[dict], tuple], fields: tuple) -> None:
+        """Calibrate block ``prefix``; its outputs become the stream ``fields`` (float and ternary)."""
         with torch.device("meta"):
-            block = cls.new_double_block(cfg, **kw)
+            block = new_block(cfg, dtype=torch.float32)
         names = [
             n for n, m in block.named_modules() if isinstance(m, torch.nn.Linear) and prefix + n in ternary
         ]
-
-        target, tout = do_block(prefix, block, cls.double_args, names)
+        target, tout = do_block(prefix, block, args_of, names)
+        k = len(fields)
         for ss, out in ((streams, target), (tstreams, tout)) if sequential else ((streams, target),):
             for j, s in enumerate(ss):
-                s["img"], s["txt"] = out[2 * j], out[2 * j + 1]
+                s.update(zip(fields, out[k * j : k * (j + 1)]))
+
+    for i in range(cfg.depth):
+        run_stage(f"double_blocks.{i}.", cls.new_double_block, cls.double_args, ("img", "txt"))
     for ss in (streams, tstreams) if sequential else (streams,):
         for s in ss:
             s["x"] = torch.cat((s.pop("txt"), s.pop("img")), dim=1)
     for i in range(cfg.depth_single_blocks):
-        prefix = f"single_blocks.{i}."
-        with torch.device("meta"):
-            block = cls.new_single_block(cfg, **kw)
-        names = [
-            n for n, m in block.named_modules() if isinstance(m, torch.nn.Linear) and prefix + n in ternary
-        ]
-
-        target, tout = do_block(prefix, block, cls.single_args, names)
-        for ss, out in ((streams, target), (tstreams, tout)) if sequential else ((streams, target),):
-            for j, s in enumerate(ss):
-                s["x"] = out[j]
+        run_stage(f"single_blocks.{i}.", cls.new_single_block, cls.single_args, ("x",))
     for name, _dt, _shp in list(emitter.writer.specs):
         if name.startswith("final_layer."):
             emitter.add(name, src.get(name))
