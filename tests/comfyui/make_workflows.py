@@ -408,7 +408,7 @@ FLUX2_NOTE = """FLUX.2 [klein] / Bonsai Image 4B, ternary
 
 1. Make the checkpoint once (README, "FLUX.2 and Bonsai Image"): `ternaryflux import` a Bonsai
    Image 4B download, or `ternaryflux quantize` a FLUX.2 [klein] 4B file, into
-   models/diffusion_models/flux-2-klein-4b-ternary.safetensors.
+   models/diffusion_models/bonsai-4b-ternary.safetensors.
 2. Text encoder: the stock CLIPLoader, type flux2, with the Qwen3 4B file ComfyUI's FLUX.2 [klein]
    4B templates use (models/text_encoders/qwen_3_4b.safetensors); VAE: the FLUX.2 VAE
    (models/vae/flux2-vae.safetensors).
@@ -424,7 +424,7 @@ def flux2_klein_txt2img() -> dict:
     model = g.add(
         "TernaryFluxLoader",
         (40, 40),
-        unet_name="flux-2-klein-4b-ternary.safetensors",
+        unet_name="bonsai-4b-ternary.safetensors",
         kernel_backend="auto",
         activations="bf16",
         compute_dtype="default",
