@@ -151,7 +151,7 @@ class StateFolder:
             if diff:
                 detail = "; ".join(f"{k}: {old.get(k)!r} then, {settings.get(k)!r} now" for k in diff)
                 raise QuantizeError(
-                    f"{self.path}: the run was started with other settings ({detail}); resume with the "
+                    f"{self.path}: saved by a run with different settings ({detail}); resume with the "
                     "same arguments and files, or start again without --resume"
                 )
             return
