@@ -164,10 +164,13 @@ def _collective(world: World, what: str) -> Iterator[None]:
     try:
         yield
     except (RuntimeError, dist.DistError) as e:
+        cause = (str(e).splitlines() or [""])[0].split(". This is typically")[0]
+        if len(cause) > 160:
+            cause = cause[:157] + "..."
         raise RankFailure(
             f"rank {world.rank} of {world.size}: {what} failed, another rank died or was stopped "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); nothing was written "
-            "after the last saved state: rerun the same command with --resume"
+            f"({type(e).__name__}: {cause}); nothing was written after the last saved state: rerun "
+            "the same command with --resume"
         ) from e
 
 
@@ -184,9 +187,7 @@ def local_positions(positions: Sequence[T], world: World) -> list[T]:
     return list(positions[world.rank :: world.size])
 
 
-def all_reduce_grads(
-    params: Iterable[torch.Tensor], world: World, bucket_bytes: int = 256 << 20
-) -> None:
+def all_reduce_grads(params: Iterable[torch.Tensor], world: World, bucket_bytes: int = 256 << 20) -> None:
     """SUM every parameter's ``.grad`` over the ranks, in place. A grad missing on some ranks
     counts as zeros there; one missing on every rank stays ``None`` (as in a single process, where
     the optimizer then skips it). Gradients are packed into one flat buffer per dtype (split in
@@ -219,10 +220,7 @@ def all_reduce_grads(
 
 def _reduce_bucket(params: list[torch.Tensor], dtype: torch.dtype, world: World) -> None:
     flat = torch.cat(
-        [
-            (p.grad if p.grad is not None else torch.zeros_like(p, dtype=dtype)).reshape(-1)
-            for p in params
-        ]
+        [(p.grad if p.grad is not None else torch.zeros_like(p, dtype=dtype)).reshape(-1) for p in params]
     ).to(world.device)
     with _collective(world, "gradient all-reduce"):
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
@@ -280,7 +278,9 @@ def broadcast_object(obj: T, world: World, src: int = 0) -> T:
 # ---- FSDP2 (--shard fsdp) --------------------------------------------------------------------
 
 
-def shard_module(module: nn.Module, world: World, per_layer: type | tuple[type, ...] | None = None) -> nn.Module:
+def shard_module(
+    module: nn.Module, world: World, per_layer: type | tuple[type, ...] | None = None
+) -> nn.Module:
     """Shard ``module``'s parameters over the ranks with FSDP2 ``fully_shard`` (a 1-D device mesh
     over the world), in place; returns it. ``per_layer``: submodule type(s) sharded as their own
     unit first (each is gathered only while it runs, so the peak holds one layer whole, not the
@@ -314,12 +314,14 @@ def is_sharded(module: nn.Module) -> bool:
 
 
 def fsdp_optimizer_kind(kind: str) -> str:
-    """The optimizer a sharded block trains with: bitsandbytes AdamW8bit works on plain tensors
-    only (its kernels see a DTensor's local shard through ``.data`` inconsistently and its state
-    is not sharded), so ``--shard fsdp`` uses torch AdamW, whose state FSDP2 shards with the
-    parameters (8 B/param, divided by W)."""
+    """The optimizer a sharded block trains with. bitsandbytes AdamW8bit takes plain tensors only
+    (measured, bitsandbytes 0.50.2 + torch 2.13: its step fails with "optimizer_update_8bit_blockwise
+    got mixed torch.Tensor and DTensor"), so ``--shard fsdp`` uses torch AdamW, whose state
+    follows the DTensor parameters and is sharded with them (8 B/param, divided by W)."""
     if kind == "adamw8bit":
-        log.info("--shard fsdp: bitsandbytes AdamW8bit does not take sharded (DTensor) parameters; using torch AdamW")
+        log.info(
+            "--shard fsdp: bitsandbytes AdamW8bit does not take sharded (DTensor) parameters; using torch AdamW"
+        )
         return "adamw"
     return kind
 
@@ -438,4 +440,3 @@ def maybe_kill_for_test(world: World, step: int) -> None:
     if world.rank == r and step == k:
         log.warning("test hook %s=%s: rank %d kills itself", KILL_HOOK_ENV, spec, r)
         os.kill(os.getpid(), signal.SIGKILL)
-

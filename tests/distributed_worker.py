@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 from ternaryflux.quant import distributed as D
 from ternaryflux.quant.distill import STETernaryLinear, _save_state, samples_for_step
 from ternaryflux.quant.errors import QuantizeError, Terminated
+from torch import nn
 
 DIM, HID, N_SAMPLES = 16, 24, 8
 
@@ -109,6 +109,8 @@ def train(world: D.World, a: argparse.Namespace) -> None:
                 if world.is_main:
                     _save_state(state, {"step": done, "params": params, "optimizer": osd})
                 D.barrier(world)
+            if world.is_main:
+                print(f"step {done}", flush=True)
             D.maybe_kill_for_test(world, done)
             if stopping:
                 stop.raise_stop()
