@@ -13,6 +13,11 @@ is written every --save-every steps; `--resume` continues from it, and a resumed
 bit-identical results to an uninterrupted one with the same --seed (same machine/threads).
 Optimizer: bitsandbytes AdamW8bit, or torch AdamW if bitsandbytes is missing (logged).
 
+Many processes: `torchrun --nproc-per-node N -m ternaryflux distill ... --batch B` (B a multiple
+of N) trains data-parallel: each process takes its share of every step's batch and the gradients
+are summed, so the result is the one-process run with the same --batch (bitwise for N = 2,
+B = 2); rank 0 writes the state, the checkpoint and the report (docs/DISTILL.md, "Many GPUs").
+
 Memory: teacher and student are held whole (float32 latent weights + 8-bit optimizer states):
 fine for small models on CPU; FLUX.1-dev needs a large GPU.
 
@@ -33,6 +38,7 @@ import torch
 
 from ..core.checkpoint import load_checkpoint, write_checkpoint
 from ..core.flux_model import flux_from_state_dict
+from ..quant import distributed as D
 from ..quant.calibration import check_calibration_fits, load_calibration
 from ..quant.distill import DistillConfig, distill, export_student, make_student
 from ..quant.evaluate import velocity_error
@@ -116,6 +122,15 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise ToolError("--steps must be >= 1")
     refuse_existing(args.out, overwrite=args.overwrite)
+    world = D.init_world(dev)  # torchrun's process group, or a single process
+    try:
+        return _run(args, world, world.device if world.distributed else dev)
+    finally:
+        D.shutdown(world)
+
+
+def _run(args: argparse.Namespace, world: D.World, dev: torch.device) -> int:
+    D.local_positions(range(args.batch), world)  # refuse a batch that does not split over the ranks
     ckpt = load_checkpoint(args.student)
     src = open_source(args.teacher)
     teacher = flux_from_state_dict(src.state_dict(), dtype=torch.float32, device=dev)
@@ -144,9 +159,10 @@ def run(args: argparse.Namespace) -> int:
     )
     eval_set = held or samples
     prog = not args.no_progress
+    prog = prog and world.is_main
     before = (
         velocity_error(teacher, student, WithProgress(eval_set, "distill: error before", prog), dev)
-        if not args.resume
+        if not args.resume and world.is_main
         else None
     )
     extra = {
@@ -165,9 +181,16 @@ def run(args: argparse.Namespace) -> int:
         extra,
         dev,
         not args.no_progress,
+        world,
     )
     if not res["completed"]:
-        print(f"stopped after step {args.stop_after_steps}; state saved to {state}; continue with --resume")
+        if world.is_main:
+            print(
+                f"stopped after step {args.stop_after_steps}; state saved to {state}; continue with --resume"
+            )
+        return 0
+    if not world.is_main:  # rank 0 evaluates and writes; the others wait for it to finish
+        D.barrier(world)
         return 0
     after = velocity_error(teacher, student, WithProgress(eval_set, "distill: error after", prog), dev)
     sd = export_student(student, names, ckpt.state_dict)
@@ -192,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
         "velocity_rel_err_after": after,
         "seconds": res["seconds"],
         "peak_rss_bytes": peak_rss_bytes(),
+        "processes": world.size,
         "loss_history": res["history"],
     }
     report_path = args.report or default_report_path(args.out)
@@ -216,5 +240,14 @@ def run(args: argparse.Namespace) -> int:
         ["resume state", state_row],
         ["report", str(report_path)],
     ]
+    if world.distributed:
+        rows.insert(
+            3,
+            [
+                "processes",
+                f"{world.size} ({world.backend}), {cfg.batch // world.size} sample(s) each per step",
+            ],
+        )
     print(format_table(["ternaryflux distill", ""], rows))
+    D.barrier(world)
     return 0
