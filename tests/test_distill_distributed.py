@@ -96,3 +96,30 @@ def test_kill_one_rank_then_resume_writes_the_same_checkpoint(fx, one_process, t
     assert r.returncode == 0, r.stderr[-3000:]
     assert _sha(out) == _sha(one_process)
     assert load_checkpoint(out).metadata.method == "twn+distill"
+
+
+def test_sigterm_to_torchrun_stops_both_ranks_with_the_state_saved(fx, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "term.safetensors"
+    state = tmp_path / "term.distill-state.pt"
+    argv = [*_argv(fx, out), "--steps", "3000", "--save-every", "20"]
+    e = {k: v for k, v in os.environ.items() if k not in D.ENV_VARS and k != D.KILL_HOOK_ENV}
+    proc = subprocess.Popen(
+        [*TORCHRUN, "-m", "ternaryflux", *argv],
+        env={**e, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # training has started once the first state is saved
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    lines = [ln for ln in err.splitlines() if ln.startswith("ternaryflux distill: terminated (SIGTERM)")]
+    assert len(lines) == 2, err[-3000:]  # both ranks, each with the resume hint
+    assert all("--resume" in ln for ln in lines)
+    assert not out.exists() and 20 <= torch.load(state, weights_only=False)["step"] < 3000
+    assert sorted(p.name for p in tmp_path.iterdir()) == [state.name]
