@@ -74,8 +74,9 @@ EXEMPT: dict[str, str] = {
     "ternaryflux eval": "a subcommand named in prose",
     "ternaryflux eval/distill/convert": "subcommands named in prose (docs/ARCHITECTURE.md)",
     # FLUX.2 / Bonsai: the published files are downloads; the same commands run on synthetic files
-    "ternaryflux import bonsai-image-ternary-4B-unpacked/transformer --from bonsai-unpacked -o bonsai-4b-ternary.safetensors": "download (Bonsai's files); tests/test_flux2_import.py runs `ternaryflux import --from bonsai-unpacked` on a synthetic file in this layout",
-    "ternaryflux import bonsai-image-ternary-4B-gemlite-2bit/transformer-gemlite-int2 --from bonsai-gemlite -o bonsai-4b-ternary.safetensors": "download (Bonsai's files); tests/test_flux2_import.py runs `ternaryflux import --from bonsai-gemlite` on a synthetic file in this layout",
+    "huggingface-cli download prism-ml/bonsai-image-ternary-4B-unpacked --local-dir bonsai-image-ternary-4B-unpacked": "download (3+ GB from the model hub; nothing can be reached from tests)",
+    "ternaryflux import bonsai-image-ternary-4B-unpacked/transformer --from bonsai-unpacked -o models/diffusion_models/bonsai-4b-ternary.safetensors": "needs the download above; tests/test_flux2_import.py runs `ternaryflux import --from bonsai-unpacked` on a synthetic file in this layout, tests/comfyui/test_flux2_loader.py loads such an import in ComfyUI",
+    "ternaryflux import bonsai-image-ternary-4B-gemlite-2bit/transformer-gemlite-int2 --from bonsai-gemlite -o models/diffusion_models/bonsai-4b-ternary.safetensors": "download (Bonsai's files); tests/test_flux2_import.py runs `ternaryflux import --from bonsai-gemlite` on a synthetic file in this layout",
     "ternaryflux import": "a subcommand named in prose (docs/FORMAT.md)",
     # the quality instrument: long CPU runs whose reduced forms are tests
     "python bench/train_proxy.py": "trains the proxy (~15 min on one core); the committed checkpoint is checked by tests/test_proxy_model.py",
