@@ -47,7 +47,7 @@ from ..core.flux_model import flux_from_state_dict
 from ..quant.calibration import check_calibration_fits, load_calibration
 from ..quant.distill import DistillConfig, distill, export_student, make_student
 from ..quant.distill_streamed import distill_streamed
-from ..quant.distributed import barrier, init_world
+from ..quant.distributed import barrier, init_world, local_positions, shutdown
 from ..quant.evaluate import velocity_error
 from ..quant.flux import peak_rss_bytes, resolve_device
 from ..quant.sources import open_source
@@ -180,6 +180,11 @@ def default_cache_root() -> Path:
 def _run_resident(args, dev, ckpt, src, samples, summary, held, cfg: DistillConfig, prog: bool):
     """Teacher and student whole on ``dev`` (the unbounded reference). Returns (state dict,
     result, error before, error after) or None when stopped early."""
+    world = init_world(dev)  # torchrun's process group (data parallel), or a single process
+    args.world = world
+    dev = world.device if world.distributed else dev
+    local_positions(range(cfg.batch), world)  # refuse a batch that does not split over the ranks
+    prog = prog and world.is_main
     teacher = flux_from_state_dict(src.state_dict(), dtype=torch.float32, device=dev)
     student = flux_from_state_dict(ckpt.state_dict, dtype=torch.float32, device=dev)
     names = make_student(student, teacher)
@@ -192,7 +197,7 @@ def _run_resident(args, dev, ckpt, src, samples, summary, held, cfg: DistillConf
     eval_set = held or samples
     before = (
         velocity_error(teacher, student, WithProgress(eval_set, "distill: error before", prog), dev)
-        if not args.resume
+        if not args.resume and world.is_main
         else None
     )
     extra = {
@@ -200,9 +205,13 @@ def _run_resident(args, dev, ckpt, src, samples, summary, held, cfg: DistillConf
         "teacher": [str(f.name) for f in src.files],
         "calibration": json.dumps(summary, sort_keys=True),
     }
-    res = distill(teacher, student, samples, cfg, state, args.resume, args.stop_after_steps, extra, dev, prog)
+    res = distill(
+        teacher, student, samples, cfg, state, args.resume, args.stop_after_steps, extra, dev, prog, world
+    )
     if not res["completed"]:
         return None
+    if not world.is_main:  # rank 0 evaluates and writes
+        return None, res, None, None
     after = velocity_error(teacher, student, WithProgress(eval_set, "distill: error after", prog), dev)
     return export_student(student, names, ckpt.state_dict), res, before, after
 
@@ -293,6 +302,15 @@ def _run_streamed(args, dev, ckpt, src, samples, summary, held, cfg: DistillConf
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    finally:
+        world = getattr(args, "world", None)
+        if world is not None:
+            shutdown(world)
+
+
+def _run(args: argparse.Namespace) -> int:
     dev = resolve_device(args.device)
     if args.steps < 1:
         raise ToolError("--steps must be >= 1")
@@ -374,6 +392,16 @@ def run(args: argparse.Namespace) -> int:
             + f", {cfg.steps - cfg.n_block_steps} end-to-end)",
         ],
         ["optimizer", res["optimizer"]],
+        *(
+            [
+                [
+                    "processes",
+                    f"{world.size} ({world.backend}), {cfg.batch // world.size} sample(s) each per step",
+                ]
+            ]
+            if world is not None and world.distributed
+            else []
+        ),
         [
             f"velocity rel. err ({report['eval_on'].split()[0]})",
             f"{before:.4g} -> {after:.4g}" if before is not None else f"{after:.4g}",
