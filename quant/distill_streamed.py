@@ -64,7 +64,15 @@ from .distill import (
     make_optimizer,
     samples_for_step,
 )
-from .distributed import World, all_reduce_grads, all_reduce_sum, barrier, local_positions
+from .distributed import (
+    GracefulStop,
+    World,
+    all_reduce_grads,
+    all_reduce_sum,
+    barrier,
+    local_positions,
+    maybe_kill_for_test,
+)
 from .errors import QuantizeError
 from .teacher_cache import Stage, TeacherCache, block_args, final_tokens, join_for, new_block, stages
 
@@ -312,6 +320,7 @@ def _block_phase(
                         "optimizer": opt.state_dict(),
                     }
                 )
+            _after_save(counter)
             if counter.get("stop"):
                 return False
         host[b] = {
@@ -343,7 +352,16 @@ def _after_step(counter, bar, history, phase, stage, step, total, cfg, stop_afte
     counter["done"] += 1
     stopping = stop_after is not None and counter["done"] >= stop_after and step + 1 < n_steps
     counter["stop"] = stopping
-    return (step + 1) % cfg.save_every == 0 or stopping
+    signalled = counter["graceful"].requested(counter["world"])  # a collective: every rank
+    counter["signalled"] = signalled
+    return (step + 1) % cfg.save_every == 0 or stopping or signalled
+
+
+def _after_save(counter: dict[str, Any]) -> None:
+    """After a step (and its save): the kill test hook, then a SIGTERM/Ctrl-C stop."""
+    maybe_kill_for_test(counter["world"], counter["done"])
+    if counter.get("signalled"):
+        counter["graceful"].raise_stop()
 
 
 def _view(ste: STETernaryLinear) -> FrozenCodeLinear:
@@ -475,6 +493,7 @@ def _e2e_phase(
             del block, params, opt
         if _after_step(counter, bar, history, "e2e", 0, step, total, cfg, stop_after, n_e2e):
             state.save_current({"phase": "e2e", "stage": 0, "step": step + 1, "host": host})
+        _after_save(counter)
         if counter.get("stop"):
             return False
     for b, stage in enumerate(sts):
@@ -514,7 +533,7 @@ def distill_streamed(
     n_stages = len(stages(cfg_model))
     total = n_stages * cfg.n_block_steps + max(cfg.steps - cfg.n_block_steps, 0)
     bar = tqdm(total=total, desc="distill (streamed)", unit="step", disable=not progress or not world.is_main)
-    counter: dict[str, Any] = {"done": 0}
+    counter: dict[str, Any] = {"done": 0, "world": world, "graceful": GracefulStop()}
     history: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     host: dict[int, dict[str, Any]] = {}
@@ -530,12 +549,13 @@ def distill_streamed(
         "bar": bar,
         "history": history,
     }
-    t_block = time.perf_counter()
-    ok = _block_phase(cfg_model, sd, teacher_get, cache, len(samples), **common)
-    t_block = time.perf_counter() - t_block
-    t_e2e = time.perf_counter()
-    ok = ok and _e2e_phase(cfg_model, sd, samples, cache, **common)
-    t_e2e = time.perf_counter() - t_e2e
+    with counter["graceful"]:
+        t_block = time.perf_counter()
+        ok = _block_phase(cfg_model, sd, teacher_get, cache, len(samples), **common)
+        t_block = time.perf_counter() - t_block
+        t_e2e = time.perf_counter()
+        ok = ok and _e2e_phase(cfg_model, sd, samples, cache, **common)
+        t_e2e = time.perf_counter() - t_e2e
     bar.close()
     return {
         "completed": ok,

@@ -100,20 +100,23 @@ def test_resume_after_kill_equals_uninterrupted(fixture, tmp_path):
     full = tmp_path / "full.safetensors"
     assert _run(_distill_argv(fixture, full, 12, *steps)).returncode == 0
     out = tmp_path / "killed.safetensors"
-    state = tmp_path / "killed.distill-state" / "current.pt"  # --memory streamed (the default)
+    state = tmp_path / "killed.distill-state"  # --memory streamed (the default): a folder
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ternaryflux.quantize_tool.cli", *_distill_argv(fixture, out, 12, *steps)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+
+    def saved() -> list[str]:
+        return sorted(p.name for p in state.glob("*.pt")) if state.is_dir() else []
+
     deadline = time.time() + 120
-    while not state.exists() and time.time() < deadline and proc.poll() is None:
+    while not saved() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert state.exists() and not out.exists()
-    saved = torch.load(state, weights_only=False)["step"]
-    assert 2 <= saved < 12
+    assert saved() and not out.exists(), saved()
+    assert not [p for p in state.iterdir() if p.name.endswith(".tmp")]
     r = _run(_distill_argv(fixture, out, 12, *steps, "--resume"))
     assert r.returncode == 0, r.stderr
     _same(full, out)
@@ -134,8 +137,10 @@ def test_streamed_equals_resident(fixture, tmp_path):
     rep = {m: json.loads(o.with_name(f"{m}.report.json").read_text()) for m, o in outs.items()}
     e2e = {m: [h["loss"] for h in r["loss_history"] if h["phase"] == "e2e"] for m, r in rep.items()}
     assert len(e2e["streamed"]) == 3 and e2e["streamed"] == e2e["resident"]
+    # resident evaluates its in-memory student (float32 scales), streamed the written checkpoint
+    # (float16 scales): the same weights up to the scale rounding
     assert rep["streamed"]["velocity_rel_err_after"] == pytest.approx(
-        rep["resident"]["velocity_rel_err_after"], rel=1e-5
+        rep["resident"]["velocity_rel_err_after"], rel=1e-4
     )
     assert load_checkpoint(outs["streamed"]).metadata.method_params["distill"]["memory"] == "streamed"
 

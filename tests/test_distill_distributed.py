@@ -85,10 +85,6 @@ def test_batch_not_a_multiple_of_the_ranks_is_refused(fx, tmp_path):
 
 
 def test_kill_one_rank_then_resume_writes_the_same_checkpoint(fx, mode, one_process, tmp_path):
-    if mode == "streamed":
-        pytest.skip(
-            "quant/distill_streamed.py does not call distributed.maybe_kill_for_test yet (one line after its save)"
-        )
     out = tmp_path / "killed.safetensors"
     state = tmp_path / ("killed.distill-state.pt" if mode == "resident" else "killed.distill-state")
     r = _run([*TORCHRUN, "-m", "ternaryflux"], _argv(fx, out, mode=mode), **{D.KILL_HOOK_ENV: "1:3"})
