@@ -50,7 +50,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..core.flux_layout import FLUX2_VARIANTS, Flux2Config, FluxConfig, architecture
 from ..core.flux_model import model_class
-from ..core.packing import packed_2bit_cols
+from ..core.packing import packed_2bit_cols, unpack_2bit
 from ..core.ternary_weight import num_groups
 
 GB = 10**9
@@ -326,23 +326,24 @@ def _storage_key(t: torch.Tensor) -> int:
 
 class SavedTensors:
     """``saved_tensors_hooks`` that records every tensor autograd saves, once per storage,
-    skipping the storages in ``exclude`` (parameters, buffers, the step's inputs)."""
+    skipping the storages in ``exclude`` (parameters, buffers, the step's inputs). Keeps only
+    (bytes, shape) — holding the tensors would keep them alive through backward."""
 
     def __init__(self, exclude: Iterable[torch.Tensor] = ()) -> None:
         self.exclude = {_storage_key(t) for t in exclude}
-        self.seen: dict[int, torch.Tensor] = {}
+        self.seen: dict[int, tuple[int, tuple[int, ...]]] = {}
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         k = _storage_key(t)
         if k not in self.exclude and k not in self.seen:
-            self.seen[k] = t
+            self.seen[k] = (t.untyped_storage().nbytes(), tuple(t.shape))
         return t
 
     def hooks(self):
         return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
-    def bytes(self, pred: Callable[[torch.Tensor], bool] = lambda t: True) -> int:
-        return sum(t.untyped_storage().nbytes() for t in self.seen.values() if pred(t))
+    def bytes(self, shape_pred: Callable[[tuple[int, ...]], bool] = lambda shape: True) -> int:
+        return sum(n for n, shape in self.seen.values() if shape_pred(shape))
 
 
 def saved_tensor_bytes(fn: Callable[[], torch.Tensor], exclude: Iterable[torch.Tensor] = ()) -> int:
@@ -373,17 +374,32 @@ class MetaSTELinear(nn.Module):
         return self.inner(x)
 
 
-def _frozen_ternary(n: int, k: int, bias: bool, group_size: int, device) -> nn.Module:
-    """The end-to-end phase's linear: packed codes (frozen), trainable fp32 scale and bias, the
-    library's :class:`TernaryLinear` (custom op: saves x, recomputes the dense signs in
-    backward)."""
-    from ..core.ternary_linear import TernaryLinear
+class PlanFrozenCodeLinear(nn.Module):
+    """The end-to-end phase's linear as the streamed engine defines it
+    (``distill_streamed.FrozenCodeLinear``): packed codes (frozen buffer), trainable fp32 scale
+    and bias, ``w = (code - 1) * |s|`` materialised in the compute dtype and saved by
+    ``F.linear``. Built from shapes (same ops, so the same saved tensors)."""
 
-    m = TernaryLinear(k, n, bias, group_size, device=device, bias_dtype=torch.float32, backend="torch")
-    scale = m.weight_scale
-    del m._buffers["weight_scale"]
-    m.weight_scale = nn.Parameter(scale.float())
-    return m
+    def __init__(self, n: int, k: int, bias: bool, group_size: int, device=None):
+        super().__init__()
+        self.shape = (n, k)
+        self.group_size = group_size
+        self.register_buffer("packed", torch.full((n, packed_2bit_cols(k)), 0b01010101, dtype=torch.uint8, device=device))
+        self.scale = nn.Parameter(torch.full((n, num_groups(k, group_size)), 0.02, device=device))
+        self.bias = nn.Parameter(torch.zeros(n, device=device)) if bias else None
+
+    def weight(self, dtype: torch.dtype) -> torch.Tensor:
+        s = self.scale.abs().to(dtype)
+        if self.group_size:
+            s = s.repeat_interleave(self.group_size, dim=1)
+        return (unpack_2bit(self.packed, self.shape[1]).to(dtype) - 1) * s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+def _frozen_ternary(n: int, k: int, bias: bool, group_size: int, device) -> nn.Module:
+    return PlanFrozenCodeLinear(n, k, bias, group_size, device)
 
 
 def ternary_linear_paths(module: nn.Module, prefix: str, arch: str, policy: str) -> list[str]:
@@ -547,7 +563,7 @@ def count_block_step(
         p.grad = torch.zeros_like(p)
     exclude = [*block.parameters(), *block.buffers(), *inputs, *targets]
     rec = SavedTensors(exclude)
-    dense_shapes = {(m.inner.latent.shape) for m in block.modules() if isinstance(m, MetaSTELinear)}
+    dense_shapes = {tuple(m.inner.latent.shape) for m in block.modules() if isinstance(m, MetaSTELinear)}
     mode = LiveBytes()
     with fused_attention_on_meta(), mode:
         if grad:
@@ -561,7 +577,7 @@ def count_block_step(
         else:
             with torch.no_grad():
                 block(*inputs)
-    dense = rec.bytes(lambda t: tuple(t.shape) in dense_shapes)
+    dense = rec.bytes(lambda shape: shape in dense_shapes)
     saved = rec.bytes() - dense
     opt_step = 0
     if grad and optimizer == "adamw" and trainable:
@@ -618,24 +634,11 @@ def count_e2e_step(config, *, policy: str, group_size: int, n_img: int, n_txt: i
     if y is not None:
         stream += y.untyped_storage().nbytes()
     _ = h
-    mode = LiveBytes()
     from torch.utils.checkpoint import checkpoint
 
+    mode = LiveBytes()
     with fused_attention_on_meta(), mode:
-        s = model.embed(img, ids[:, n_txt:], txt, ids[:, :n_txt], t, y, t if config.guidance_embed else None)
-        s = {k: v.to(cd) if k != "pe" else v for k, v in s.items()}
-        for block in model.double_blocks:
-            s["img"], s["txt"] = checkpoint(
-                block, *model.double_args(s), use_reentrant=False, preserve_rng_state=False
-            )
-        s["x"] = torch.cat((s["txt"], s["img"]), dim=1)
-        del s["img"], s["txt"]
-        for block in model.single_blocks:
-            s["x"] = checkpoint(block, *model.single_args(s), use_reentrant=False, preserve_rng_state=False)
-        vs = model.final_layer(s["x"][:, n_txt:], s["vec"])
-        del s
-        loss = (vs.float() - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-12)
-        del vs
+        loss = e2e_loss(model, img, ids, txt, t, y, target, n_txt, checkpoint, dtype=cd)
         retained = mode.current
         loss.backward()
         del loss
@@ -876,13 +879,31 @@ def plan_distill(
     )
 
 
-def _outside_params_bytes(config) -> int:
-    """fp32 bytes of everything outside the blocks (embedders, final layer, global modulation)."""
-    cls = model_class(config)
-    c = replace(config, depth=0, depth_single_blocks=0)
+def _outside_model(config) -> nn.Module:
+    """Everything outside the blocks (embedders, final layer, FLUX.2's global modulation), meta."""
     with torch.device("meta"):
-        m = cls(c, dtype=torch.float32)
-    return sum(p.numel() * 4 for p in m.parameters())
+        return model_class(config)(replace(config, depth=0, depth_single_blocks=0), dtype=torch.float32)
+
+
+def _outside_params_bytes(config) -> int:
+    return sum(p.numel() * 4 for p in _outside_model(config).parameters())
+
+
+def e2e_loss(model, img, ids, txt, t, y, target, n_txt: int, checkpoint, dtype=None) -> torch.Tensor:
+    """One end-to-end step's loss: embed, every block under ``checkpoint`` (non-reentrant),
+    final layer, relative velocity error against ``target`` (token layout)."""
+    s = model.embed(img, ids[:, n_txt:], txt, ids[:, :n_txt], t, y, t if model.config.guidance_embed else None)
+    if dtype is not None:
+        s = {k: v.to(dtype) if k != "pe" else v for k, v in s.items()}
+    for block in model.double_blocks:
+        s["img"], s["txt"] = checkpoint(block, *model.double_args(s), use_reentrant=False, preserve_rng_state=False)
+    s["x"] = torch.cat((s["txt"], s["img"]), dim=1)
+    del s["img"], s["txt"]
+    for block in model.single_blocks:
+        s["x"] = checkpoint(block, *model.single_args(s), use_reentrant=False, preserve_rng_state=False)
+    vs = model.final_layer(s["x"][:, n_txt:], s["vec"])
+    del s
+    return (vs.float() - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-12)
 
 
 # --------------------------------------------------------------------------- formatting
