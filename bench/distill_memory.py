@@ -93,7 +93,6 @@ def _reset_peak() -> bool:
 
 def child(preset: str, hidden: int, resolution: int, txt_len: int, phase: str) -> dict:
     import torch
-
     from ternaryflux.core.flux_model import model_class
     from ternaryflux.quant import distill_plan as dp
     from ternaryflux.quant.distill import make_optimizer
@@ -119,7 +118,7 @@ def child(preset: str, hidden: int, resolution: int, txt_len: int, phase: str) -
         with torch.no_grad():
             for p in m.parameters():
                 p.normal_(0, 0.02)
-            for name, b in m.named_buffers():
+            for b in m.buffers():
                 if b.dtype == torch.uint8:
                     b.fill_(0b10_01_00_10)  # codes 2, 1, 0, 2: valid, no temporaries
         return m
@@ -135,7 +134,9 @@ def child(preset: str, hidden: int, resolution: int, txt_len: int, phase: str) -
         kind = max(kinds, key=sizes.get)
         outside = materialise(dp._outside_model(cfg))
         block = materialise(dp._new_block(cfg, kind))
-        inputs = tuple(torch.randn(t.shape) * 0.1 for t in dp._meta_inputs(cfg, kind, n_img, n_txt, torch.float32))
+        inputs = tuple(
+            torch.randn(t.shape) * 0.1 for t in dp._meta_inputs(cfg, kind, n_img, n_txt, torch.float32)
+        )
         with torch.no_grad():
             out = block(*inputs)
         del out
@@ -147,13 +148,19 @@ def child(preset: str, hidden: int, resolution: int, txt_len: int, phase: str) -
         block = materialise(block)
         for p in block.parameters():
             p.requires_grad_(False)
-        dp._swap(block, paths, lambda m: dp.MetaSTELinear(m.out_features, m.in_features, m.bias is not None, 0, "cpu"))
+        dp._swap(
+            block,
+            paths,
+            lambda m: dp.MetaSTELinear(m.out_features, m.in_features, m.bias is not None, 0, "cpu"),
+        )
         with torch.no_grad():
             for m in block.modules():
                 if isinstance(m, dp.MetaSTELinear):
                     m.inner.latent.normal_(0, 0.02)
                     m.inner.scale.fill_(0.02)
-        inputs = tuple(torch.randn(t.shape) * 0.1 for t in dp._meta_inputs(cfg, kind, n_img, n_txt, torch.float32))
+        inputs = tuple(
+            torch.randn(t.shape) * 0.1 for t in dp._meta_inputs(cfg, kind, n_img, n_txt, torch.float32)
+        )
         targets = tuple(t + 0.01 * torch.randn_like(t) for t in inputs[: dp.n_stream_outputs(kind)])
         params = [p for p in block.parameters() if p.requires_grad]
         opt, opt_name = make_optimizer([{"params": params, "lr": 1e-4}], "adamw8bit")
@@ -175,7 +182,11 @@ def child(preset: str, hidden: int, resolution: int, txt_len: int, phase: str) -
         paths = dp.ternary_linear_paths(model, "", cfg.architecture, policy)
         for p in model.parameters():
             p.requires_grad_(False)
-        dp._swap(model, paths, lambda m: dp.PlanFrozenCodeLinear(m.out_features, m.in_features, m.bias is not None, 0, "meta"))
+        dp._swap(
+            model,
+            paths,
+            lambda m: dp.PlanFrozenCodeLinear(m.out_features, m.in_features, m.bias is not None, 0, "meta"),
+        )
         model = materialise(model)
         for p in model.parameters():
             p.requires_grad_(False)
@@ -238,10 +249,10 @@ def main(argv=None) -> int:
     import torch
 
     rows = []
-    for name, preset, hidden, res, txt0 in CASES:
+    for arch, preset, hidden, res, txt0 in CASES:
         for phase in PHASES:
             txt = txt0
-            if args.only and args.only != f"{name}:{hidden}:{phase}":
+            if args.only and args.only != f"{arch}:{hidden}:{phase}":
                 continue
             if phase == "e2e" and hidden > 512:
                 continue  # every block at hidden 1024 takes minutes on 2 shared cores
@@ -257,7 +268,10 @@ def main(argv=None) -> int:
                     "resolution": r_res,
                     "tokens": plan.settings.image_tokens + plan.txt_len,
                     "planned_bytes": planned,
-                    "planned": {**plan.phases[phase].device, **{f"host.{k}": v for k, v in plan.phases[phase].host.items()}},
+                    "planned": {
+                        **plan.phases[phase].device,
+                        **{f"host.{k}": v for k, v in plan.phases[phase].host.items()},
+                    },
                     **m,
                     "plan_error": err,
                 }

@@ -36,10 +36,10 @@ packed, scales + biases trainable, every block under non-reentrant activation ch
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 import re
 import weakref
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -86,7 +86,7 @@ COMPONENTS = {
     "transient": "transient peak (backward / no-grad forward)",
     "optimizer_step": "optimizer step temporaries",
     "read_buffer": "read buffer (one block, source dtype)",
-    "write_buffer": "write buffer (one sample's boundary)",
+    "write_buffer": "host staging of one sample's stream",
     "whole_files": "whole state dicts (load)",
 }
 
@@ -384,7 +384,9 @@ class PlanFrozenCodeLinear(nn.Module):
         super().__init__()
         self.shape = (n, k)
         self.group_size = group_size
-        self.register_buffer("packed", torch.full((n, packed_2bit_cols(k)), 0b01010101, dtype=torch.uint8, device=device))
+        self.register_buffer(
+            "packed", torch.full((n, packed_2bit_cols(k)), 0b01010101, dtype=torch.uint8, device=device)
+        )
         self.scale = nn.Parameter(torch.full((n, num_groups(k, group_size)), 0.02, device=device))
         self.bias = nn.Parameter(torch.zeros(n, device=device)) if bias else None
 
@@ -436,7 +438,11 @@ def _meta_inputs(config, kind: str, n_img: int, n_txt: int, dtype: torch.dtype) 
                 mt,
                 pe,
             )
-        return torch.empty(1, L, h, device=md, dtype=dtype), torch.empty(1, 1, 3 * h, device=md, dtype=dtype), pe
+        return (
+            torch.empty(1, L, h, device=md, dtype=dtype),
+            torch.empty(1, 1, 3 * h, device=md, dtype=dtype),
+            pe,
+        )
     vec = torch.empty(1, h, device=md, dtype=dtype)
     if kind == "double":
         return (
@@ -497,7 +503,9 @@ def _param_split(module: nn.Module) -> tuple[dict[str, int], list[int]]:
 def _new_block(config, kind: str) -> nn.Module:
     cls = model_class(config)
     with torch.device("meta"):
-        return (cls.new_double_block if kind == "double" else cls.new_single_block)(config, dtype=torch.float32)
+        return (cls.new_double_block if kind == "double" else cls.new_single_block)(
+            config, dtype=torch.float32
+        )
 
 
 def count_block_step(
@@ -535,13 +543,17 @@ def count_block_step(
         _swap(
             block,
             paths,
-            lambda m: MetaSTELinear(m.out_features, m.in_features, m.bias is not None, gs(m.in_features), dev),
+            lambda m: MetaSTELinear(
+                m.out_features, m.in_features, m.bias is not None, gs(m.in_features), dev
+            ),
         )
     else:
         _swap(
             block,
             paths,
-            lambda m: _frozen_ternary(m.out_features, m.in_features, m.bias is not None, gs(m.in_features), dev),
+            lambda m: _frozen_ternary(
+                m.out_features, m.in_features, m.bias is not None, gs(m.in_features), dev
+            ),
         )
     if dev.type != "meta":
         with torch.no_grad():
@@ -556,7 +568,9 @@ def count_block_step(
     inputs = _meta_inputs(config, kind, n_img, n_txt, compute_dtype)
     if dev.type != "meta":
         inputs = tuple(torch.randn(t.shape, dtype=t.dtype) * 0.1 for t in inputs)
-    targets = tuple(torch.empty_like(t) if dev.type == "meta" else t + 0.01 for t in inputs[: n_stream_outputs(kind)])
+    targets = tuple(
+        torch.empty_like(t) if dev.type == "meta" else t + 0.01 for t in inputs[: n_stream_outputs(kind)]
+    )
     stream = sum(t.untyped_storage().nbytes() for t in (*inputs, *targets))
     trainable = [p for p in block.parameters() if p.requires_grad]
     for p in trainable:
@@ -599,7 +613,9 @@ def _effective_group_size(group_size: int) -> Callable[[int], int]:
     return lambda k: group_size if group_size and k % group_size == 0 else 0
 
 
-def count_e2e_step(config, *, policy: str, group_size: int, n_img: int, n_txt: int, compute_dtype: torch.dtype):
+def count_e2e_step(
+    config, *, policy: str, group_size: int, n_img: int, n_txt: int, compute_dtype: torch.dtype
+):
     """The end-to-end student on meta: packed frozen codes, trainable scales + biases, every
     block under non-reentrant checkpointing; one velocity-loss step. Returns
     (params, numels, stream, retained-after-forward, peak)."""
@@ -666,7 +682,10 @@ def _model_counts(config, policy: str) -> tuple[int, int]:
     with torch.device("meta"):
         model = cls(config, dtype=torch.float32)
     total = sum(p.numel() for p in model.parameters())
-    tern = sum(model.get_submodule(p).weight.numel() for p in ternary_linear_paths(model, "", config.architecture, policy))
+    tern = sum(
+        model.get_submodule(p).weight.numel()
+        for p in ternary_linear_paths(model, "", config.architecture, policy)
+    )
     return total, tern
 
 
@@ -722,8 +741,14 @@ def plan_distill(
         )
     nograd = {
         kind: count_block_step(
-            config, kind, policy=policy, group_size=group_size, n_img=n_img, n_txt=txt,
-            compute_dtype=torch.float32, grad=False,
+            config,
+            kind,
+            policy=policy,
+            group_size=group_size,
+            n_img=n_img,
+            n_txt=txt,
+            compute_dtype=torch.float32,
+            grad=False,
         )  # fmt: skip
         for kind in kinds
     }
@@ -738,14 +763,14 @@ def plan_distill(
     cache_files = {"const": sum(const.values()), "boundaries": n_bound * boundary, "velocity": velocity}
     per_sample = sum(cache_files.values())
 
-    dense_block = {k: counts[k].params["trainable"] + counts[k].params["frozen_float"] for k in kinds}
-    # teacher block dense fp32 = latent-sized weights + scales?  use the float block itself:
     teacher_block = {}
     for kind in kinds:
         blk = _new_block(config, kind)
         teacher_block[kind] = sum(p.numel() * 4 for p in blk.parameters())
     worst_t = max(kinds, key=lambda k: teacher_block[k])
-    sample_stream = (L * h + const["vec"] // 4 + (9 * h if config.architecture == "flux2" else 0)) * 4 + const["pe"]
+    sample_stream = (
+        L * h + const["vec"] // 4 + (9 * h if config.architecture == "flux2" else 0)
+    ) * 4 + const["pe"]
     cache_dev = {
         "frozen_float": teacher_block[worst_t] + _outside_params_bytes(config),
         "stream": sample_stream,
@@ -786,7 +811,9 @@ def plan_distill(
             dev["trainable"] = math.ceil(tr / W)
             dev["gradients"] = math.ceil(tr / W)
             dev["optimizer"] = math.ceil(opt / W)
-            dev["unsharded"] = 2 * tr  # all-gathered params in forward/backward + full grads before reduce-scatter
+            dev["unsharded"] = (
+                2 * tr
+            )  # all-gathered params in forward/backward + full grads before reduce-scatter
             notes.append(
                 f"fsdp over {W}: latents/grads/optimizer state sharded, but one block's params are all-gathered "
                 "for compute and its full gradient exists before reduce-scatter"
@@ -823,7 +850,9 @@ def plan_distill(
             "transient": max(0, e_peak - e_retained),
         },
         {"read_buffer": (max(teacher_block.values()) // 4) * sb if on_gpu else 0},
-        ["activations = block-boundary stream kept by checkpointing; transient = one block's recompute + backward"],
+        [
+            "activations = block-boundary stream kept by checkpointing; transient = one block's recompute + backward"
+        ],
     )
 
     # ---- resident (quant/distill.py) --------------------------------------------------------
@@ -836,10 +865,16 @@ def plan_distill(
     paths = ternary_linear_paths(model_meta, "", config.architecture, policy)
     all_tr_bytes, all_numels = _block_linear_numels(model_meta, paths, group_size)
     frozen_student = params_total * 4 - 4 * sum(model_meta.get_submodule(p).weight.numel() for p in paths)
-    frozen_student -= 4 * sum(model_meta.get_submodule(p).bias.numel() for p in paths if model_meta.get_submodule(p).bias is not None)
+    frozen_student -= 4 * sum(
+        model_meta.get_submodule(p).bias.numel()
+        for p in paths
+        if model_meta.get_submodule(p).bias is not None
+    )
     depth = {"double": config.depth, "single": config.depth_single_blocks}
     res_saved = sum(depth[k] * (counts[k].saved + counts[k].dense) for k in kinds)
-    res_capture = sum(depth[k] * counts[k].stream for k in kinds)  # BlockCapture: every block's inputs + outputs
+    res_capture = sum(
+        depth[k] * counts[k].stream for k in kinds
+    )  # BlockCapture: every block's inputs + outputs
     res_transient = max(counts[k].transient for k in kinds)
     res_opt = optimizer_state_bytes(all_numels, s.optimizer)
     base = {
@@ -892,11 +927,15 @@ def _outside_params_bytes(config) -> int:
 def e2e_loss(model, img, ids, txt, t, y, target, n_txt: int, checkpoint, dtype=None) -> torch.Tensor:
     """One end-to-end step's loss: embed, every block under ``checkpoint`` (non-reentrant),
     final layer, relative velocity error against ``target`` (token layout)."""
-    s = model.embed(img, ids[:, n_txt:], txt, ids[:, :n_txt], t, y, t if model.config.guidance_embed else None)
+    s = model.embed(
+        img, ids[:, n_txt:], txt, ids[:, :n_txt], t, y, t if model.config.guidance_embed else None
+    )
     if dtype is not None:
         s = {k: v.to(dtype) if k != "pe" else v for k, v in s.items()}
     for block in model.double_blocks:
-        s["img"], s["txt"] = checkpoint(block, *model.double_args(s), use_reentrant=False, preserve_rng_state=False)
+        s["img"], s["txt"] = checkpoint(
+            block, *model.double_args(s), use_reentrant=False, preserve_rng_state=False
+        )
     s["x"] = torch.cat((s["txt"], s["img"]), dim=1)
     del s["img"], s["txt"]
     for block in model.single_blocks:
@@ -930,7 +969,9 @@ def format_plan(plan: DistillPlan, max_gpu_memory: int | None = None) -> str:
         for key, label in COMPONENTS.items():
             d, hb = ph.device.get(key, 0), ph.host.get(key, 0)
             if d or hb:
-                lines.append(f"  {label:<{w}}  {fmt_bytes(d) if d else '':>10}  {fmt_bytes(hb) if hb else '':>10}")
+                lines.append(
+                    f"  {label:<{w}}  {fmt_bytes(d) if d else '':>10}  {fmt_bytes(hb) if hb else '':>10}"
+                )
         lines.append(f"  {'total':<{w}}  {fmt_bytes(ph.device_bytes):>10}  {fmt_bytes(ph.host_bytes):>10}")
         for n in ph.notes:
             lines.append(f"  note: {n}")
@@ -956,7 +997,14 @@ def format_plan(plan: DistillPlan, max_gpu_memory: int | None = None) -> str:
 def plan_rows(plan: DistillPlan) -> list[dict]:
     """Machine-readable plan: one dict per phase (for JSON reports)."""
     return [
-        {"phase": p.name, "title": p.title, "device": dict(p.device), "host": dict(p.host), "device_bytes": p.device_bytes, "host_bytes": p.host_bytes}
+        {
+            "phase": p.name,
+            "title": p.title,
+            "device": dict(p.device),
+            "host": dict(p.host),
+            "device_bytes": p.device_bytes,
+            "host_bytes": p.host_bytes,
+        }
         for p in plan.phases.values()
     ]
 
@@ -972,4 +1020,3 @@ __all__ = [
     "plan_distill",
     "saved_tensor_bytes",
 ]
-
