@@ -250,8 +250,9 @@ class LiveBytes(TorchDispatchMode):
     """Live bytes of the tensors allocated under this mode (by storage), and their peak.
     Works on ``meta`` tensors (the storage's lifetime is tracked, not its memory)."""
 
-    def __init__(self) -> None:
+    def __init__(self, exclude: Iterable[torch.Tensor] = ()) -> None:
         super().__init__()
+        self.exclude = {_storage_key(t) for t in exclude}  # pre-existing storages (views of params)
         self.live: dict[int, int] = {}
         self.current = 0
         self.peak = 0
@@ -262,7 +263,7 @@ class LiveBytes(TorchDispatchMode):
     def _track(self, t: torch.Tensor) -> None:
         st = t.untyped_storage()
         key = st._cdata
-        if key in self.live:
+        if key in self.live or key in self.exclude:
             return
         n = st.nbytes()
         self.live[key] = n
@@ -578,7 +579,7 @@ def count_block_step(
     exclude = [*block.parameters(), *block.buffers(), *inputs, *targets]
     rec = SavedTensors(exclude)
     dense_shapes = {tuple(m.inner.latent.shape) for m in block.modules() if isinstance(m, MetaSTELinear)}
-    mode = LiveBytes()
+    mode = LiveBytes(exclude + [p.grad for p in trainable])
     with fused_attention_on_meta(), mode:
         if grad:
             with rec.hooks():
@@ -652,7 +653,8 @@ def count_e2e_step(
     _ = h
     from torch.utils.checkpoint import checkpoint
 
-    mode = LiveBytes()
+    pre = [*model.parameters(), *model.buffers(), *(p.grad for p in model.parameters() if p.grad is not None)]
+    mode = LiveBytes([*pre, *(x for x in (img, txt, ids, t, y, target) if x is not None)])
     with fused_attention_on_meta(), mode:
         loss = e2e_loss(model, img, ids, txt, t, y, target, n_txt, checkpoint, dtype=cd)
         retained = mode.current
