@@ -46,6 +46,7 @@ from ..core.flux_layout import config_from_state_dict
 from ..core.flux_model import flux_from_state_dict
 from ..quant.calibration import check_calibration_fits, load_calibration
 from ..quant.distill import DistillConfig, distill, export_student, make_student
+from ..quant.distill_plan import PRESETS, PlanSettings, fmt_bytes, format_plan, parse_memory, plan_distill
 from ..quant.distill_streamed import distill_streamed
 from ..quant.distributed import barrier, init_world, local_positions, shutdown
 from ..quant.evaluate import velocity_error
@@ -74,10 +75,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=FORMATTER,
     )
-    p.add_argument("--teacher", type=Path, required=True, help="the float FLUX the student was made from")
-    p.add_argument("--student", type=Path, required=True, help="ternary checkpoint to improve")
     p.add_argument(
-        "--calibration", type=Path, nargs="+", required=True, metavar="FILE", help="training inputs"
+        "--teacher", type=Path, default=None, help="the float FLUX the student was made from (required)"
+    )
+    p.add_argument("--student", type=Path, default=None, help="ternary checkpoint to improve (required)")
+    p.add_argument(
+        "--calibration", type=Path, nargs="+", default=None, metavar="FILE", help="training inputs (required)"
     )
     p.add_argument(
         "--heldout",
@@ -87,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="held-out inputs for the before/after figure",
     )
-    p.add_argument("-o", "--out", type=Path, required=True, help="distilled checkpoint")
+    p.add_argument("-o", "--out", type=Path, default=None, help="distilled checkpoint (required)")
     p.add_argument(
         "--steps",
         type=int,
@@ -144,6 +147,35 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["auto", "float32", "bfloat16"],
         default="auto",
         help="autocast dtype of the streamed phases (auto: bfloat16 on CUDA, float32 on CPU)",
+    )
+    g = p.add_argument_group(
+        "memory plan",
+        "--plan prints the device/host memory of every phase and the teacher-cache disk size without "
+        "loading weights, for --model NAME or the --teacher file's shapes; --max-gpu-memory is also "
+        "checked before a real run (on CUDA the card's memory when not given)",
+    )
+    g.add_argument("--plan", action="store_true", help="print the memory plan and exit")
+    g.add_argument(
+        "--model", choices=sorted(PRESETS), default=None, help="plan for this model (no file needed)"
+    )
+    g.add_argument(
+        "--max-gpu-memory", default=None, metavar="SIZE", help="device memory budget, e.g. 22GB or 24GiB"
+    )
+    g.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="plan at this image size in px (default: the samples', else 1024)",
+    )
+    g.add_argument("--txt-len", type=int, default=None, help="plan with this many text tokens")
+    g.add_argument(
+        "--nproc", type=int, default=None, help="plan for this many processes (default: the world size)"
+    )
+    g.add_argument(
+        "--plan-samples",
+        type=int,
+        default=None,
+        help="samples for the cache size (default: the --calibration files')",
     )
     add_overwrite_arg(p)
     p.add_argument(
@@ -310,8 +342,91 @@ def run(args: argparse.Namespace) -> int:
             shutdown(world)
 
 
+def _plan_settings(args, dev: torch.device, samples=None, config=None) -> PlanSettings:
+    res, txt = args.resolution, args.txt_len
+    if samples:
+        s = samples[0]
+        per_px = 16 if config is not None and config.architecture == "flux2" else 8
+        res = res or 16 * max(1, round(math.sqrt(s.x.shape[-2] * per_px / 16 * s.x.shape[-1] * per_px / 16)))
+        txt = txt or int(s.context.shape[1])
+    cuda = dev.type == "cuda"
+    kw = {
+        "resolution": res or 1024,
+        "txt_len": txt,
+        "batch": args.batch,
+        "compute_dtype": _auto_dtype(args.compute_dtype, dev),
+        "cache_dtype": _auto_dtype(args.cache_dtype, dev),
+        "optimizer": args.optimizer,
+        "world_size": args.nproc or int(os.environ.get("WORLD_SIZE", "1")),
+        "device": "cuda" if cuda else "cpu",
+    }
+    n = args.plan_samples or (len(samples) if samples else None)
+    if n:
+        kw["num_samples"] = n
+    try:
+        st = PlanSettings(**kw)
+        st.check()
+    except ValueError as e:
+        raise ToolError(f"memory plan: {e}") from None
+    return st
+
+
+def _budget(args, dev: torch.device) -> int | None:
+    if args.max_gpu_memory:
+        try:
+            return parse_memory(args.max_gpu_memory)
+        except ValueError as e:
+            raise ToolError(f"--max-gpu-memory: {e}") from None
+    if dev.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(dev).total_memory
+    return None
+
+
+def _print_plan(args, dev: torch.device) -> int:
+    if args.model is None and args.teacher is None:
+        raise ToolError("--plan needs --model NAME or --teacher FILE (its shapes; no weights are read)")
+    samples = load_calibration(args.calibration)[0] if args.calibration else None
+    if args.model:
+        config, name = args.model, args.model
+    else:
+        config, name = open_source(args.teacher).config, str(args.teacher)
+    policy, group = None, 0
+    if args.student is not None:
+        meta = load_checkpoint(args.student).metadata
+        policy, group = getattr(meta, "ternary_policy", None), meta.group_size
+    settings = _plan_settings(args, dev, samples, None if isinstance(config, str) else config)
+    plan = plan_distill(config, policy=policy, group_size=group, settings=settings, name=name)
+    print(format_plan(plan, _budget(args, dev)))
+    return 0
+
+
+def _check_budget(args, dev: torch.device, src, ckpt, samples) -> None:
+    """Refuse before loading weights when the plan does not fit the device budget."""
+    budget = _budget(args, dev)
+    if budget is None:
+        return
+    settings = _plan_settings(args, dev, samples, src.config)
+    plan = plan_distill(
+        src.config, group_size=ckpt.metadata.group_size, settings=settings, name=str(args.teacher)
+    )
+    peak = plan.peak_device_bytes(args.memory)
+    print(f"memory plan: device peak {fmt_bytes(peak)} of {fmt_bytes(budget)} (--memory {args.memory})")
+    if peak > budget:
+        raise ToolError(
+            f"the memory plan for --memory {args.memory} needs {fmt_bytes(peak)} of device memory, more than "
+            f"the {fmt_bytes(budget)} budget: see `ternaryflux distill --plan --teacher {args.teacher}`"
+            + (" and use --memory streamed" if args.memory == "resident" else "")
+        )
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.plan:  # a plan is for a CUDA card unless --device cpu (no GPU needed to make it)
+        return _print_plan(args, torch.device("cpu" if args.device == "cpu" else "cuda"))
     dev = resolve_device(args.device)
+    missing = [f for f in ("teacher", "student", "calibration", "out") if getattr(args, f) is None]
+    if missing:
+        flags = ", ".join("-o/--out" if f == "out" else f"--{f}" for f in missing)
+        raise ToolError(f"distill needs {flags} (or --plan to print the memory plan)")
     if args.steps < 1:
         raise ToolError("--steps must be >= 1")
     if args.batch < 1:
@@ -327,6 +442,7 @@ def _run(args: argparse.Namespace) -> int:
     held = load_calibration(args.heldout)[0] if args.heldout else None
     if held:
         check_calibration_fits(held, src.config)
+    _check_budget(args, dev, src, ckpt, samples)
     cfg = _config(args)
     prog = not args.no_progress
     runner = _run_streamed if args.memory == "streamed" else _run_resident
