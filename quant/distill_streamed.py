@@ -131,10 +131,16 @@ def export_module(prefix: str, module: nn.Module, like: dict[str, torch.Tensor])
     out: dict[str, torch.Tensor] = {}
     for n, m in module.named_modules():
         if isinstance(m, (STETernaryLinear, FrozenCodeLinear)):
-            name = prefix + n
-            out.update(layer_tensors(name, m.to_ternary()))
-            if m.bias is not None:
-                out[f"{name}.bias"] = m.bias.detach().cpu().to(like[f"{name}.bias"].dtype)
+            out.update(_export_one(prefix + n, m, like))
+    return out
+
+
+def _export_one(
+    name: str, m: STETernaryLinear | FrozenCodeLinear, like: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    out = dict(layer_tensors(name, m.to_ternary()))
+    if m.bias is not None:
+        out[f"{name}.bias"] = m.bias.detach().cpu().to(like[f"{name}.bias"].dtype)
     return out
 
 
@@ -376,6 +382,7 @@ def _view(ste: STETernaryLinear) -> FrozenCodeLinear:
 def _e2e_phase(
     cfg_model,
     sd: dict[str, torch.Tensor],
+    teacher_get: Callable[[str], torch.Tensor],
     samples: Sequence[CalibrationSample],
     cache: TeacherCache,
     cfg: DistillConfig,
@@ -405,12 +412,37 @@ def _e2e_phase(
     model = flux_from_state_dict(sd, dtype=torch.float32, device=device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    # ternary layers outside the blocks (FLUX.2's global modulation under 'blocks+modulation'):
+    # trained in this phase only (no block loss reaches them), from the teacher like the blocks;
+    # their outputs are the stream's ``mod_*`` entries, whose gradients every block adds to
     outside = [n for n, _ in ternary_modules(model) if not n.startswith(("double_blocks.", "single_blocks."))]
-    if outside:
-        raise QuantizeError(
-            "--memory streamed does not yet train ternary layers outside the blocks (FLUX.2's "
-            "global modulation under the 'blocks+modulation' policy); use --memory resident"
+    if outside and "outside" not in host:
+        ste = nn.ModuleList(
+            STETernaryLinear.from_ternary(model.get_submodule(n), teacher_get(f"{n}.weight").to(device))
+            for n in outside
         )
+        host["outside"] = {
+            "params": {k: v.detach().cpu() for k, v in ste.named_parameters()},
+            "optimizer": None,
+        }
+    outside_ste: nn.ModuleList | None = None
+
+    def outside_modules() -> nn.ModuleList:
+        """The outside layers as trainable modules, from the host state."""
+        mods = nn.ModuleList(
+            STETernaryLinear.from_ternary(model.get_submodule(n)) if outside_ste is None else outside_ste[i]
+            for i, n in enumerate(outside)
+        )
+        with torch.no_grad():
+            for k, p in mods.named_parameters():
+                p.copy_(host["outside"]["params"][k].to(device))
+                p.requires_grad_(True)
+        return mods
+
+    if outside:
+        outside_ste = outside_modules()
+        for n, m in zip(outside, outside_ste):
+            set_submodule(model, n, _view(m))
 
     def install_views(b: int, block: nn.Module) -> None:
         target = model.get_submodule(sts[b].name)
@@ -425,6 +457,11 @@ def _e2e_phase(
     start = 0
     cur = state.load_current("e2e", 0)
     if cur is not None:
+        if outside:
+            host["outside"] = cur["host"]["outside"]
+            outside_ste = outside_modules()
+            for n, m in zip(outside, outside_ste):
+                set_submodule(model, n, _view(m))
         for b in range(len(sts)):
             host[b] = cur["host"][b]
             blk, _ = _ste_block(cfg_model, sts[b], sd, torch.device("cpu"), params=host[b]["params"])
@@ -461,7 +498,15 @@ def _e2e_phase(
             loss = (vs - vt).pow(2).sum() / vt.pow(2).sum().clamp_min(1e-12)
             (loss / cfg.batch).backward()
             total += float(loss.detach()) / cfg.batch
-            saved.append({"const": const, "inputs": inputs, "grad": {f: t.grad for f, t in last.items()}})
+            saved.append(
+                {
+                    "const": const,
+                    "inputs": inputs,
+                    "grad": {f: t.grad for f, t in last.items()},
+                    # the modulation entries the outside layers make (FLUX.2 names them mod_*)
+                    "mod_grad": {k: None for k in const if outside and k.startswith("mod_")},
+                }
+            )
         total = all_reduce_sum(total, world)
         for b in reversed(range(len(sts))):  # backward, one block resident at a time
             stage = sts[b]
@@ -472,11 +517,17 @@ def _e2e_phase(
             _set_lr(opt, factor)
             for sv in saved:
                 ins = {f: t.detach().requires_grad_(True) for f, t in sv["inputs"][b].items()}
+                mods = {k: sv["const"][k].detach().requires_grad_(True) for k in sv["mod_grad"]}
                 with _autocast(device, compute_dtype):
-                    out = block(*block_args(cfg_model, stage, {**sv["const"], **ins}))
+                    out = block(*block_args(cfg_model, stage, {**sv["const"], **mods, **ins}))
                 outs = out if isinstance(out, tuple) else (out,)
                 grads = [sv["grad"][f] for f in stage.fields]
                 torch.autograd.backward(outs, grads)
+                for k, t in mods.items():
+                    if t.grad is not None:
+                        sv["mod_grad"][k] = (
+                            t.grad if sv["mod_grad"][k] is None else sv["mod_grad"][k] + t.grad
+                        )
                 g = {f: t.grad for f, t in ins.items()}
                 if b == depth and "x" in g:  # the joined stream goes back to img and txt
                     n_txt = sv["inputs"][0]["txt"].shape[1]
@@ -491,6 +542,28 @@ def _e2e_phase(
             }
             install_views(b, block)
             del block, params, opt
+        if outside:  # the outside layers, from the gradients the blocks left on their outputs
+            mods = outside_modules()
+            for n, m in zip(outside, mods):
+                set_submodule(model, n, m)
+            opt = _optimizer(mods, cfg, counter)
+            if host["outside"]["optimizer"] is not None:
+                opt.load_state_dict(host["outside"]["optimizer"])
+            _set_lr(opt, factor)
+            for sv in saved:
+                with _autocast(device, compute_dtype):
+                    out = model.modulations(sv["const"]["vec"])
+                keys = [k for k, g in sv["mod_grad"].items() if g is not None]
+                torch.autograd.backward([out[k] for k in keys], [sv["mod_grad"][k] for k in keys])
+            all_reduce_grads([p for p in mods.parameters()], world)
+            opt.step()
+            host["outside"] = {
+                "params": {k: v.detach().cpu().clone() for k, v in mods.named_parameters()},
+                "optimizer": _to_cpu(opt.state_dict()),
+            }
+            for n, m in zip(outside, mods):
+                set_submodule(model, n, _view(m))
+            del mods, opt
         if _after_step(counter, bar, history, "e2e", 0, step, total, cfg, stop_after, n_e2e):
             state.save_current({"phase": "e2e", "stage": 0, "step": step + 1, "host": host})
         _after_save(counter)
@@ -499,6 +572,10 @@ def _e2e_phase(
     for b, stage in enumerate(sts):
         blk, _ = _ste_block(cfg_model, stage, sd, torch.device("cpu"), params=host[b]["params"])
         sd.update(export_module(stage.prefix, blk, sd))
+    if outside:
+        mods = outside_modules()
+        for n, m in zip(outside, mods):
+            sd.update(_export_one(n, m, sd))
     return True
 
 
@@ -554,7 +631,7 @@ def distill_streamed(
         ok = _block_phase(cfg_model, sd, teacher_get, cache, len(samples), **common)
         t_block = time.perf_counter() - t_block
         t_e2e = time.perf_counter()
-        ok = ok and _e2e_phase(cfg_model, sd, samples, cache, **common)
+        ok = ok and _e2e_phase(cfg_model, sd, teacher_get, samples, cache, **common)
         t_e2e = time.perf_counter() - t_e2e
     bar.close()
     return {
