@@ -42,6 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 from tqdm import tqdm
 
 from ..core.calibration_data import CalibrationSample
@@ -72,6 +73,7 @@ from .distributed import (
     barrier,
     local_positions,
     maybe_kill_for_test,
+    shard_module,
 )
 from .errors import QuantizeError
 from .teacher_cache import Stage, TeacherCache, block_args, final_tokens, join_for, new_block, stages
@@ -230,6 +232,42 @@ def _ste_block(
     return block, trainable
 
 
+def _prepare(block: nn.Module, counter: dict[str, Any]) -> nn.Module:
+    """``--shard fsdp``: shard the block's trainable state over the ranks (FSDP2, one unit per
+    ternary layer, gradients summed); else the block as it is."""
+    if counter["shard"]:
+        shard_module(block, counter["world"], per_layer=STETernaryLinear)
+    return block
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a whole (unsharded) optimizer state, distributing it like the parameters when they are
+    FSDP shards."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if any(isinstance(p, DTensor) for p in params):
+        state = {
+            "param_groups": state["param_groups"],
+            "state": {
+                i: {
+                    k: distribute_tensor(
+                        v.to(params[i].device_mesh.device_type), params[i].device_mesh, params[i].placements
+                    )
+                    if isinstance(v, torch.Tensor) and v.shape == params[i].shape
+                    else v
+                    for k, v in st.items()
+                }
+                for i, st in state["state"].items()
+            },
+        }
+    opt.load_state_dict(state)
+
+
+def _reduce(params: dict[str, nn.Parameter], counter: dict[str, Any]) -> None:
+    """Sum the gradients over the ranks (FSDP has done it for sharded blocks)."""
+    if not counter["shard"]:
+        all_reduce_grads(params.values(), counter["world"])
+
+
 def _optimizer(module: nn.Module, cfg: DistillConfig, counter: dict[str, Any]) -> torch.optim.Optimizer:
     """The resident run's optimizer groups (latents, scales, biases) for ``module``'s layers."""
     ste = [m for m in module.modules() if isinstance(m, STETernaryLinear)]
@@ -277,16 +315,21 @@ def _block_phase(
             counter["done"] += nb
             bar.update(nb)
             continue
-        block, params = _ste_block(cfg_model, stage, sd, device, teacher_get=teacher_get)
-        block.train()
+        cur = state.load_current("block", b)
+        block, params = _ste_block(
+            cfg_model,
+            stage,
+            sd,
+            device,
+            teacher_get=teacher_get,
+            params=None if cur is None else cur["params"],
+        )
+        block = _prepare(block.train(), counter)
+        params = {n: p for n, p in block.named_parameters() if p.requires_grad}
         opt = _optimizer(block, cfg, counter)
         start = 0
-        cur = state.load_current("block", b)
         if cur is not None:
-            with torch.no_grad():
-                for n, t in cur["params"].items():
-                    params[n].copy_(t.to(device))
-            opt.load_state_dict(cur["optimizer"])
+            _load_optimizer(opt, cur["optimizer"])
             start = int(cur["step"])
             counter["done"] += start
             bar.update(start)
@@ -313,7 +356,7 @@ def _block_phase(
                 loss = loss_of(idx)
                 (loss / cfg.batch).backward()
                 total += float(loss.detach()) / cfg.batch
-            all_reduce_grads(params.values(), world)
+            _reduce(params, counter)
             total = all_reduce_sum(total, world)
             opt.step()
             if _after_step(counter, bar, history, "block", b, step, total, cfg, stop_after, nb):
@@ -322,27 +365,32 @@ def _block_phase(
                         "phase": "block",
                         "stage": b,
                         "step": step + 1,
-                        "params": {n: p.detach().cpu().clone() for n, p in params.items()},
-                        "optimizer": opt.state_dict(),
+                        "params": {n: _full(p) for n, p in params.items()},
+                        "optimizer": _to_cpu(opt.state_dict()),
                     }
                 )
             _after_save(counter)
             if counter.get("stop"):
                 return False
-        host[b] = {
-            "params": {n: p.detach().cpu().clone() for n, p in params.items()},
-            "optimizer": _to_cpu(opt.state_dict()),
-        }
-        done = export_module(stage.prefix, block, sd)
+        host[b] = {"params": {n: _full(p) for n, p in params.items()}, "optimizer": _to_cpu(opt.state_dict())}
+        whole, _ = _ste_block(cfg_model, stage, sd, torch.device("cpu"), params=host[b]["params"])
+        done = export_module(stage.prefix, whole, sd)
         sd.update(done)
         state.save_block(b, {**host[b], "export": done})
         del block, params, opt
     return True
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of ``t``, gathered whole when it is an FSDP shard (a collective then)."""
+    if isinstance(t, DTensor):
+        t = t.full_tensor()
+    return t.detach().cpu().clone()
+
+
 def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().clone()
+        return _full(obj)
     if isinstance(obj, dict):
         return {k: _to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -511,9 +559,10 @@ def _e2e_phase(
         for b in reversed(range(len(sts))):  # backward, one block resident at a time
             stage = sts[b]
             block, params = _ste_block(cfg_model, stage, sd, device, params=host[b]["params"])
-            block.train()
+            block = _prepare(block.train(), counter)
+            params = {n: p for n, p in block.named_parameters() if p.requires_grad}
             opt = _optimizer(block, cfg, counter)
-            opt.load_state_dict(host[b]["optimizer"])
+            _load_optimizer(opt, host[b]["optimizer"])
             _set_lr(opt, factor)
             for sv in saved:
                 ins = {f: t.detach().requires_grad_(True) for f, t in sv["inputs"][b].items()}
@@ -534,14 +583,16 @@ def _e2e_phase(
                     g = {"txt": g["x"][:, :n_txt], "img": g["x"][:, n_txt:]}
                 sv["grad"] = g
                 sv["inputs"][b] = None
-            all_reduce_grads(params.values(), world)
+            _reduce(params, counter)
             opt.step()
             host[b] = {
-                "params": {n: p.detach().cpu().clone() for n, p in params.items()},
+                "params": {n: _full(p) for n, p in params.items()},
                 "optimizer": _to_cpu(opt.state_dict()),
             }
-            install_views(b, block)
             del block, params, opt
+            whole, _ = _ste_block(cfg_model, stage, sd, torch.device("cpu"), params=host[b]["params"])
+            install_views(b, whole.to(device))
+            del whole
         if outside:  # the outside layers, from the gradients the blocks left on their outputs
             mods = outside_modules()
             for n, m in zip(outside, mods):
@@ -593,6 +644,7 @@ def distill_streamed(
     world: World | None = None,
     device: torch.device | None = None,
     compute_dtype: torch.dtype = torch.float32,
+    shard: str = "none",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train the student checkpoint ``sd`` (runtime layout; updated in place with the trained
@@ -610,7 +662,8 @@ def distill_streamed(
     n_stages = len(stages(cfg_model))
     total = n_stages * cfg.n_block_steps + max(cfg.steps - cfg.n_block_steps, 0)
     bar = tqdm(total=total, desc="distill (streamed)", unit="step", disable=not progress or not world.is_main)
-    counter: dict[str, Any] = {"done": 0, "world": world, "graceful": GracefulStop()}
+    sharded = shard == "fsdp" and world.distributed
+    counter: dict[str, Any] = {"done": 0, "world": world, "graceful": GracefulStop(), "shard": sharded}
     history: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     host: dict[int, dict[str, Any]] = {}

@@ -48,7 +48,7 @@ from ..quant.calibration import check_calibration_fits, load_calibration
 from ..quant.distill import DistillConfig, distill, export_student, make_student
 from ..quant.distill_plan import PRESETS, PlanSettings, fmt_bytes, format_plan, parse_memory, plan_distill
 from ..quant.distill_streamed import distill_streamed
-from ..quant.distributed import barrier, init_world, local_positions, shutdown
+from ..quant.distributed import barrier, fsdp_optimizer_kind, init_world, local_positions, shutdown
 from ..quant.evaluate import velocity_error
 from ..quant.flux import peak_rss_bytes, resolve_device
 from ..quant.sources import open_source
@@ -128,6 +128,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="streamed",
         help="streamed: bounded memory, teacher cached on disk (default); resident: teacher and "
         "student whole (the unbounded reference)",
+    )
+    p.add_argument(
+        "--shard",
+        choices=["none", "fsdp"],
+        default="none",
+        help="under torchrun with --memory streamed: fsdp shards the trained block's latent weights, "
+        "gradients and optimizer state over the processes (FSDP2; uses torch AdamW)",
     )
     p.add_argument(
         "--cache-dir",
@@ -270,6 +277,8 @@ def _run_streamed(args, dev, ckpt, src, samples, summary, held, cfg: DistillConf
     if dev.type == "cuda" and world.distributed:
         dev = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(dev)
+    if args.shard == "fsdp":
+        cfg.optimizer = fsdp_optimizer_kind(cfg.optimizer)
     if cfg.batch % world.size:
         raise ToolError(f"--batch {cfg.batch} must be a multiple of the number of processes ({world.size})")
     state = args.state or args.out.with_name(args.out.name.removesuffix(".safetensors") + ".distill-state")
@@ -305,6 +314,7 @@ def _run_streamed(args, dev, ckpt, src, samples, summary, held, cfg: DistillConf
         "cache_dtype": cache_dtype,
         "compute_dtype": str(compute_dtype),
         "world_size": world.size,
+        "shard": args.shard,
     }
     sd = dict(ckpt.state_dict)
     res = distill_streamed(
@@ -320,6 +330,7 @@ def _run_streamed(args, dev, ckpt, src, samples, summary, held, cfg: DistillConf
         world=world,
         device=dev,
         compute_dtype=compute_dtype,
+        shard=args.shard,
         progress=prog,
     )
     if not res["completed"]:
@@ -445,6 +456,10 @@ def _run(args: argparse.Namespace) -> int:
     _check_budget(args, dev, src, ckpt, samples)
     cfg = _config(args)
     prog = not args.no_progress
+    if args.shard == "fsdp" and args.memory != "streamed":
+        raise ToolError(
+            "--shard fsdp shards the block the streamed run trains: use it with --memory streamed"
+        )
     runner = _run_streamed if args.memory == "streamed" else _run_resident
     out = runner(args, dev, ckpt, src, samples, summary, held, cfg, prog)
     if out is None:

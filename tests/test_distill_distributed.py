@@ -127,3 +127,23 @@ def test_sigterm_to_torchrun_stops_both_ranks_with_the_state_saved(fx, tmp_path)
     assert all("--resume" in ln for ln in lines)
     assert not out.exists() and 20 <= torch.load(state, weights_only=False)["step"] < 3000
     assert sorted(p.name for p in tmp_path.iterdir()) == [state.name]
+
+
+def test_fsdp_two_ranks_write_the_one_process_checkpoint(fx, tmp_path):
+    """--shard fsdp (FSDP2 over the trained block, torch AdamW): the same checkpoint as one
+    process with --optimizer adamw and the same global batch."""
+    one = tmp_path / "one.safetensors"
+    r = _run([sys.executable, "-m", "ternaryflux"], _argv(fx, one, "--optimizer", "adamw", mode="streamed"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = tmp_path / "two.safetensors"
+    r = _run([*TORCHRUN, "-m", "ternaryflux"], _argv(fx, two, "--shard", "fsdp", mode="streamed"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "using torch AdamW" in r.stderr
+    a, b = load_checkpoint(one).state_dict, load_checkpoint(two).state_dict
+    assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_fsdp_needs_the_streamed_run(fx, tmp_path):
+    out = tmp_path / "x.safetensors"
+    r = _run([sys.executable, "-m", "ternaryflux"], _argv(fx, out, "--shard", "fsdp", mode="resident"))
+    assert r.returncode == 2 and "use it with --memory streamed" in r.stderr and not out.exists()
