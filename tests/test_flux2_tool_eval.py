@@ -222,3 +222,22 @@ def test_convert_flux2_modulation_policy_roundtrip_runs_identically(layouts, tmp
         ya = flux_from_state_dict(ca.state_dict, dtype=torch.float32).forward_latent(**s)
         yb = flux_from_state_dict(cb.state_dict, dtype=torch.float32).forward_latent(**s)
     assert torch.equal(ya, yb)
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def test_demo_flux2(tmp_path, capsys):
+    js = tmp_path / "d.json"
+    out = tmp_path / "ck"
+    argv = ["demo", "--architecture", "flux2", "--hidden", "128", "--depth", "1", "--depth-single", "2",
+            "--calibration-prompts", "3", "--out", str(out), "--json", str(js)]  # fmt: skip
+    assert cli(argv) == 0
+    assert "tiny FLUX.2 hidden 128, 1+2 blocks, klein" in capsys.readouterr().out
+    f = json.loads(js.read_text())
+    assert f["params_ternary"] == (26 * 1 + 13 * 2) * 128**2  # FLUX.2 block Linears, policy "blocks"
+    assert f["reload_matches_in_memory"] and 0.01 < f["velocity_rel_err"] < 2.0
+    assert f["held_out"]["calibrated"] < f["held_out"]["absmean"], f["held_out"]
+    ck = load_checkpoint(out / "tiny-flux-ternary-base3.safetensors")
+    assert ck.metadata.architecture == "flux2" and ck.metadata.policy == "blocks"
+    assert not any("modulation" in n for n in ck.ternary_layers)
