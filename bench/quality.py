@@ -11,7 +11,8 @@ image grid ``bench/results/quality-grid.png`` (rows: methods, columns: the same 
 Methods (``--methods``):
   float           the proxy itself
   absmean, twn    data-free
-  calibrated      --method calibrated, default block inputs (the float model's)
+  calibrated      --method calibrated --block-inputs float (each block on the float model's inputs;
+                  explicit since the tool's default became sequential)
   calibrated-seq  ``--block-inputs sequential``: each block calibrated on what the already-ternary
                   earlier blocks give it (target: the float block output)
   distill         ``ternaryflux distill`` from calibrated-seq (or calibrated), --distill-steps
@@ -145,7 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
             tool(["quantize", str(src), "-o", str(ck), "--method", m, "--no-hash", *common])
         elif m == "calibrated":
             tool(["quantize", str(src), "-o", str(ck), "--method", "calibrated", "--calibration", str(cal),
-                  "--calib-samples", str(args.calib_samples), "--no-hash", *common])  # fmt: skip
+                  "--calib-samples", str(args.calib_samples), "--block-inputs", "float",
+                  "--no-hash", *common])  # fmt: skip
+            note = "ternaryflux quantize --block-inputs float"
         elif m == "calibrated-seq":
             tool(["quantize", str(src), "-o", str(ck), "--method", "calibrated", "--calibration", str(cal),
                   "--calib-samples", str(args.calib_samples), "--block-inputs", "sequential",

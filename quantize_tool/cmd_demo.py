@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from ..core.calibration_data import write_calibration
 from ..core.checkpoint import TernaryMetadata, load_checkpoint, write_checkpoint
 from ..core.fixtures import make_flux_inputs, make_tiny_flux, tiny_flux2_config, tiny_flux_config
-from ..core.flux_layout import is_ternary_layer
+from ..core.flux_layout import architecture, is_ternary_layer
 from ..core.flux_model import flux_from_state_dict
 from ..quant.algorithms import TernaryConfig, quantize_
 from ..quant.evaluate import velocity_error
@@ -199,7 +199,12 @@ def _demo(args: argparse.Namespace, folder: Path, temporary: bool = False) -> in
             variant=config.variant,
             source_name=f"built-in tiny {TITLES[arch]} (demo)",
             method=args.method,
-            **({"architecture": arch} if arch != "flux" else {}),
+            # FLUX.2 writers always name their policy (docs/FORMAT.md); FLUX.1 keeps it implicit
+            **(
+                {"architecture": arch, "ternary_policy": architecture(arch).default_policy}
+                if arch != "flux"
+                else {}
+            ),
         )
         write_checkpoint(path, sd, meta)
         sizes[packing] = path.stat().st_size

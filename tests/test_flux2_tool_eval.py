@@ -239,5 +239,7 @@ def test_demo_flux2(tmp_path, capsys):
     assert f["reload_matches_in_memory"] and 0.01 < f["velocity_rel_err"] < 2.0
     assert f["held_out"]["calibrated"] < f["held_out"]["absmean"], f["held_out"]
     ck = load_checkpoint(out / "tiny-flux-ternary-base3.safetensors")
-    assert ck.metadata.architecture == "flux2" and ck.metadata.policy == "blocks"
+    assert (
+        ck.metadata.architecture == "flux2" and ck.metadata.ternary_policy == "blocks"
+    )  # named, as FLUX.2 writers do
     assert not any("modulation" in n for n in ck.ternary_layers)
