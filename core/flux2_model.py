@@ -243,9 +243,22 @@ class Flux2(nn.Module):
         guidance: Tensor | None = None,
     ) -> Tensor:
         """ComfyUI's calling convention: latent ``[B, 128, H, W]``, timestep = sigma in [0, 1]."""
+        return self.tokens_to_latent(self.forward(**self.tokens_of(x, timestep, context, y, guidance)), x)
+
+    def tokens_of(
+        self,
+        x: Tensor,
+        timestep: Tensor,
+        context: Tensor,
+        y: Tensor | None = None,
+        guidance: Tensor | None = None,
+    ) -> dict[str, Tensor | None]:
+        """:meth:`forward_latent`'s inputs as :meth:`forward`'s (this config's text-id axes)."""
         c = self.config
-        out = self.forward(
-            **self.latent_to_tokens(x, timestep, context, y, guidance, c.txt_ids_dims, len(c.axes_dim))
-        )
+        return self.latent_to_tokens(x, timestep, context, y, guidance, c.txt_ids_dims, len(c.axes_dim))
+
+    @staticmethod
+    def tokens_to_latent(out: Tensor, x: Tensor) -> Tensor:
+        """:meth:`forward`'s output tokens back to the layout of the input latent ``x``."""
         b, _, hh, ww = x.shape
         return out.transpose(1, 2).reshape(b, out.shape[-1], hh, ww)

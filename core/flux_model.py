@@ -209,7 +209,22 @@ class Flux(nn.Module):
         guidance: Tensor | None = None,
     ) -> Tensor:
         """ComfyUI's calling convention: latent ``[B, C, H, W]``, timestep = sigma in [0, 1]."""
-        out = self.forward(**self.latent_to_tokens(x, timestep, context, y, guidance))
+        return self.tokens_to_latent(self.forward(**self.tokens_of(x, timestep, context, y, guidance)), x)
+
+    def tokens_of(
+        self,
+        x: Tensor,
+        timestep: Tensor,
+        context: Tensor,
+        y: Tensor | None = None,
+        guidance: Tensor | None = None,
+    ) -> dict[str, Tensor | None]:
+        """:meth:`forward_latent`'s inputs as :meth:`forward`'s (same hook on ``Flux2``)."""
+        return self.latent_to_tokens(x, timestep, context, y, guidance)
+
+    @staticmethod
+    def tokens_to_latent(out: Tensor, x: Tensor) -> Tensor:
+        """:meth:`forward`'s output tokens back to the layout of the input latent ``x``."""
         h, w = (x.shape[-2] + 1) // 2, (x.shape[-1] + 1) // 2
         return unpatchify(out, h, w, x.shape[-2], x.shape[-1])
 

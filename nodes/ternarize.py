@@ -187,9 +187,10 @@ def ternarize_comfy_model(
         raise ValueError("the MODEL is already ternary: connect a float FLUX from 'Load Diffusion Model'")
     cfg = getattr(model.model, "model_config", None)
     unet_config = getattr(cfg, "unet_config", {}) or {}
-    if unet_config.get("image_model") != "flux":
+    arch = unet_config.get("image_model")  # ComfyUI's "flux" / "flux2" are our architecture names
+    if arch not in ("flux", "flux2"):
         raise ValueError(
-            f"Ternarize FLUX needs a FLUX.1 MODEL, got image_model={unet_config.get('image_model')!r} ({type(model.model).__name__})"
+            f"Ternarize FLUX needs a FLUX.1 or FLUX.2 MODEL, got image_model={arch!r} ({type(model.model).__name__})"
         )
     if method == "calibrated" and not calibration_path:
         raise ValueError(
@@ -201,7 +202,9 @@ def ternarize_comfy_model(
         )
 
     dm = model.model.diffusion_model
-    layer_paths = [n for n, m in dm.named_modules() if isinstance(m, torch.nn.Linear) and is_ternary_layer(n)]
+    layer_paths = [
+        n for n, m in dm.named_modules() if isinstance(m, torch.nn.Linear) and is_ternary_layer(n, arch)
+    ]
     if not layer_paths:
         raise ValueError("no FLUX block Linear found in the MODEL")
 
@@ -271,13 +274,13 @@ class TernarizeFlux(io.ComfyNode):
             display_name="Ternarize FLUX",
             category="TernaryFLUX",
             description=(
-                "Converts a float FLUX MODEL (from Load Diffusion Model; bf16/fp16/fp8, dev or schnell) to 1.58-bit "
-                "ternary, layer by layer. The input MODEL is left unchanged. Save the result with Save Ternary FLUX."
+                "Converts a float FLUX MODEL (from Load Diffusion Model; bf16/fp16/fp8; FLUX.1 dev or schnell, or "
+                "FLUX.2 with its default policy: block Linears only) to 1.58-bit ternary, layer by layer. The input MODEL is left unchanged. Save the result with Save Ternary FLUX."
             ),
             inputs=[
                 io.Model.Input(
                     "model",
-                    tooltip="A float FLUX.1 MODEL (Load Diffusion Model). LoRAs already applied to it are merged first.",
+                    tooltip="A float FLUX.1 or FLUX.2 MODEL (Load Diffusion Model). LoRAs already applied to it are merged first.",
                 ),
                 io.Combo.Input(
                     "method",

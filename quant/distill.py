@@ -48,6 +48,7 @@ from ..core.checkpoint import layer_tensors, publish_temp_file
 from ..core.flux_model import Flux
 from ..core.ternary_linear import TernaryLinear, set_submodule, ternary_modules
 from ..core.ternary_weight import TernaryWeight
+from . import distributed as D
 from .capture import BlockCapture, flatten_outputs
 from .errors import QuantizeError
 from .evaluate import block_names
@@ -229,10 +230,17 @@ def distill(
     fingerprint_extra: dict[str, Any] | None = None,
     device: torch.device | None = None,
     progress: bool = True,
+    world: D.World | None = None,
 ) -> dict[str, Any]:
     """Train ``student`` (already made by :func:`make_student`) in place. Returns a summary with
-    ``completed`` False when ``stop_after`` stopped it early."""
-    device = device or torch.device("cpu")
+    ``completed`` False when ``stop_after`` stopped it early.
+
+    ``world`` (:func:`quant.distributed.init_world`, under torchrun): data parallel, every rank
+    holding teacher and student; rank r takes positions r, r+W, ... of each step's batch, the
+    gradients are SUMmed over the ranks (so every rank takes the same step), and rank 0 writes
+    the state file. SIGTERM / Ctrl-C stop every rank after the same step, the state saved."""
+    world = world or D.World(device=device or torch.device("cpu"))
+    device = device or world.device
     if not samples:
         raise QuantizeError("distill needs calibration samples")
     fp = fingerprint(cfg, fingerprint_extra or {})
@@ -271,6 +279,9 @@ def distill(
         log.info("resumed from %s at step %d", state_path, start)
 
     def save(step: int) -> None:
+        if not world.is_main:
+            D.barrier(world)  # rank 0 has published the state when this returns
+            return
         _save_state(
             state_path,
             {
@@ -284,6 +295,7 @@ def distill(
                 "config": asdict(cfg),
             },
         )
+        D.barrier(world)
 
     names = block_names(student)
     nb = cfg.n_block_steps
@@ -291,35 +303,50 @@ def distill(
     student.train()
     t0 = time.perf_counter()
     bar = tqdm(
-        total=cfg.steps, initial=start, desc="distill", unit="step", disable=not progress, dynamic_ncols=True
+        total=cfg.steps,
+        initial=start,
+        desc="distill",
+        unit="step",
+        disable=not (progress and world.is_main),
+        dynamic_ncols=True,
     )
     completed = True
-    for step in range(start, cfg.steps):
-        phase = "block" if step < nb else "e2e"
-        f = _lr_factor(step - (0 if phase == "block" else nb), nb if phase == "block" else cfg.steps - nb)
-        for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * f
-        opt.zero_grad(set_to_none=True)
-        total = 0.0
-        for idx in samples_for_step(step, len(samples), cfg.batch, cfg.seed):
-            inp = samples[idx].as_inputs(device, torch.float32)
-            loss = (
-                _block_loss(teacher, student, inp, names)
-                if phase == "block"
-                else _velocity_loss(teacher, student, inp)
-            )
-            (loss / cfg.batch).backward()
-            total += float(loss.detach()) / cfg.batch
-        opt.step()
-        history.append({"step": step + 1, "phase": phase, "loss": total})
-        bar.update(1)
-        bar.set_postfix(phase=phase, loss=f"{total:.4g}")
-        done = step + 1
-        if done % cfg.save_every == 0 or done == cfg.steps or (stop_after is not None and done >= stop_after):
-            save(done)
-        if stop_after is not None and done >= stop_after and done < cfg.steps:
-            completed = False
-            break
+    D.local_positions(range(cfg.batch), world)  # refuses a batch that is not a multiple of W
+    with D.GracefulStop() as stop:
+        for step in range(start, cfg.steps):
+            phase = "block" if step < nb else "e2e"
+            f = _lr_factor(step - (0 if phase == "block" else nb), nb if phase == "block" else cfg.steps - nb)
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * f
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for idx in D.local_positions(samples_for_step(step, len(samples), cfg.batch, cfg.seed), world):
+                inp = samples[idx].as_inputs(device, torch.float32)
+                loss = (
+                    _block_loss(teacher, student, inp, names)
+                    if phase == "block"
+                    else _velocity_loss(teacher, student, inp)
+                )
+                (loss / cfg.batch).backward()
+                total += float(loss.detach()) / cfg.batch
+            D.all_reduce_grads([p for g in groups for p in g["params"]], world)
+            total = D.all_reduce_sum(total, world)
+            opt.step()
+            history.append({"step": step + 1, "phase": phase, "loss": total})
+            bar.update(1)
+            bar.set_postfix(phase=phase, loss=f"{total:.4g}")
+            done = step + 1
+            stopping = stop.requested(world)  # every rank: the same answer at the same step
+            early = stop_after is not None and done >= stop_after
+            if done % cfg.save_every == 0 or done == cfg.steps or early or stopping:
+                save(done)
+            D.maybe_kill_for_test(world, done)
+            if stopping and done < cfg.steps:
+                bar.close()
+                stop.raise_stop()
+            if early and done < cfg.steps:
+                completed = False
+                break
     bar.close()
     student.eval()
     return {

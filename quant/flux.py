@@ -481,7 +481,7 @@ def _quantize_calibrated(
             emitter.add(k, src.get(k))
     streams = []
     for s in calibration:
-        streams.append(skeleton.embed(**cls.latent_to_tokens(**s.as_inputs(dev, torch.float32))))
+        streams.append(skeleton.embed(**skeleton.tokens_of(**s.as_inputs(dev, torch.float32))))
     del skeleton
 
     sequential = config.block_inputs == "sequential"

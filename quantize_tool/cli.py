@@ -12,11 +12,11 @@ import sys
 import threading
 
 from ..core.checkpoint import TernaryFormatError
-from ..quant.errors import QuantizeError
+from ..quant.errors import QuantizeError, Terminated
 from ..version import __version__
 from .args import ToolError
 
-__all__ = ["COMMAND_MODULES", "build_parser", "main"]
+__all__ = ["COMMAND_MODULES", "Terminated", "build_parser", "main"]
 
 # subcommand modules, in the order `--help` lists them
 COMMAND_MODULES = [
@@ -31,11 +31,6 @@ COMMAND_MODULES = [
 ]
 
 log = logging.getLogger("ternaryflux")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C, so that every atomic writer removes its
-    temporary file on the way out."""
 
 
 def _raise_terminated(signum, frame) -> None:

@@ -61,6 +61,11 @@ EXEMPT: dict[str, str] = {
     "python bench/aot_check.py --targets sm_89 --kernels gemm --out /tmp/aot.json": "hundreds of Triton compiles (minutes); tests/test_aot.py runs the CI subset",
     "python -m pytest -q tests/test_aot.py          # the CI subset": "part of README command 2 (.ci/run runs the whole suite)",
     "bash bench/run_gpu.sh": "needs a CUDA GPU",
+    # docs/DISTILL.md "Many GPUs": GPUs and a cluster; the 2-process CPU command of the same page runs here
+    "torchrun --standalone --nproc-per-node 8 -m ternaryflux distill --teacher flux1-dev.safetensors      --student flux1-dev-t.safetensors --calibration calib.safetensors --heldout heldout.safetensors      --batch 8 --device cuda -o flux1-dev-td.safetensors": "needs 8 CUDA GPUs; the 2-process CPU command printed next to it runs the same path here, and tests/test_distill_distributed.py checks it against the 1-process run",
+    'HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)': "a line of a SLURM batch script (needs an allocation)",
+    "srun torchrun --nnodes $SLURM_NNODES --nproc-per-node 8 --rdzv-id $SLURM_JOB_ID      --rdzv-backend c10d --rdzv-endpoint $HEAD:29500 -m ternaryflux distill      --teacher /shared/flux1-dev.safetensors --student /shared/flux1-dev-t.safetensors      --calibration /shared/calib.safetensors --batch 32 --device cuda -o /shared/flux1-dev-td.safetensors": "needs a SLURM allocation of GPU nodes; the same torchrun path runs on 2 CPU processes in tests/test_distill_distributed.py",
+    "python -m torch.distributed.run": "a program named in prose (the module form of torchrun)",
     # names of subcommands in prose, not commands
     "ternaryflux distill": "a subcommand named in prose",
     "ternaryflux quantize": "a subcommand named in prose",
@@ -69,8 +74,9 @@ EXEMPT: dict[str, str] = {
     "ternaryflux eval": "a subcommand named in prose",
     "ternaryflux eval/distill/convert": "subcommands named in prose (docs/ARCHITECTURE.md)",
     # FLUX.2 / Bonsai: the published files are downloads; the same commands run on synthetic files
-    "ternaryflux import bonsai-image-ternary-4B-unpacked/transformer --from bonsai-unpacked -o bonsai-4b-ternary.safetensors": "download (Bonsai's files); tests/test_flux2_import.py runs `ternaryflux import --from bonsai-unpacked` on a synthetic file in this layout",
-    "ternaryflux import bonsai-image-ternary-4B-gemlite-2bit/transformer-gemlite-int2 --from bonsai-gemlite -o bonsai-4b-ternary.safetensors": "download (Bonsai's files); tests/test_flux2_import.py runs `ternaryflux import --from bonsai-gemlite` on a synthetic file in this layout",
+    "huggingface-cli download prism-ml/bonsai-image-ternary-4B-unpacked --local-dir bonsai-image-ternary-4B-unpacked": "download (3+ GB from the model hub; nothing can be reached from tests)",
+    "ternaryflux import bonsai-image-ternary-4B-unpacked/transformer --from bonsai-unpacked -o models/diffusion_models/bonsai-4b-ternary.safetensors": "needs the download above; tests/test_flux2_import.py runs `ternaryflux import --from bonsai-unpacked` on a synthetic file in this layout, tests/comfyui/test_flux2_loader.py loads such an import in ComfyUI",
+    "ternaryflux import bonsai-image-ternary-4B-gemlite-2bit/transformer-gemlite-int2 --from bonsai-gemlite -o models/diffusion_models/bonsai-4b-ternary.safetensors": "download (Bonsai's files); tests/test_flux2_import.py runs `ternaryflux import --from bonsai-gemlite` on a synthetic file in this layout",
     "ternaryflux import": "a subcommand named in prose (docs/FORMAT.md)",
     # the quality instrument: long CPU runs whose reduced forms are tests
     "python bench/train_proxy.py": "trains the proxy (~15 min on one core); the committed checkpoint is checked by tests/test_proxy_model.py",

@@ -41,6 +41,10 @@ STOCK_NODES = {
     "KSamplerSelect",
     "BasicScheduler",
     "SamplerCustomAdvanced",
+    "CLIPLoader",
+    "EmptyFlux2LatentImage",
+    "Flux2Scheduler",
+    "CFGGuider",
 }
 
 
@@ -93,6 +97,21 @@ def test_expected_graph_shapes():
     assert {"UNETLoader", "TernaryFluxTernarize", "TernaryFluxSave", "KSamplerAdvanced"} <= by[
         "ternaryflux_ternarize_and_save"
     ]
+    # FLUX.2 [klein]: CLIPLoader type flux2, FLUX.2 latent and scheduler, Bonsai's 4 steps at CFG 1.0,
+    # no FluxGuidance (klein has no distilled-guidance input)
+    f2 = json.loads((ROOT / "workflows" / "ternaryflux_flux2_klein_txt2img.json").read_text())
+    f2n = {n["type"]: n for n in f2["nodes"]}
+    assert {
+        "TernaryFluxLoader",
+        "CLIPLoader",
+        "CLIPTextEncode",
+        "EmptyFlux2LatentImage",
+        "Flux2Scheduler",
+    } <= set(f2n)
+    assert {"CFGGuider", "SamplerCustomAdvanced", "VAEDecode", "SaveImage"} <= set(f2n)
+    assert "FluxGuidance" not in f2n and "DualCLIPLoader" not in f2n
+    assert f2n["CLIPLoader"]["widgets_values"][1] == "flux2"
+    assert f2n["Flux2Scheduler"]["widgets_values"][0] == 4 and f2n["CFGGuider"]["widgets_values"] == [1.0]
     rec = json.loads((ROOT / "workflows" / "ternaryflux_record_calibration.json").read_text())
     nodes = {n["id"]: n for n in rec["nodes"]}
     (prompt,) = [n for n in rec["nodes"] if n["type"] == "TernaryFluxCalibrationPrompt"]

@@ -131,7 +131,9 @@ def main() -> int:
                 if job.get("validate_only"):
                     prompt = api
                 else:
-                    prompt = workflow_tools.make_test_prompt(api, job.get("set", {}))
+                    prompt = workflow_tools.make_test_prompt(
+                        api, job.get("set", {}), keep_decode=bool(job.get("keep_decode"))
+                    )
             else:
                 prompt = job["prompt"]
             r["prompt"] = prompt

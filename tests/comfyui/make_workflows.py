@@ -45,6 +45,14 @@ SPECS: dict[str, tuple[list, list, list]] = {
     "Note": ([], ["text"], []),  # frontend-only: never sent to the backend
     "UNETLoader": ([], ["unet_name", "weight_dtype"], [("MODEL", "MODEL")]),
     "DualCLIPLoader": ([], ["clip_name1", "clip_name2", "type", "device"], [("CLIP", "CLIP")]),
+    "CLIPLoader": ([], ["clip_name", "type", "device"], [("CLIP", "CLIP")]),
+    "EmptyFlux2LatentImage": ([], ["width", "height", "batch_size"], [("LATENT", "LATENT")]),
+    "Flux2Scheduler": ([], ["steps", "width", "height"], [("SIGMAS", "SIGMAS")]),
+    "CFGGuider": (
+        [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
+        ["cfg"],
+        [("GUIDER", "GUIDER")],
+    ),
     "CLIPTextEncode": ([("clip", "CLIP")], ["text"], [("CONDITIONING", "CONDITIONING")]),
     "FluxGuidance": ([("conditioning", "CONDITIONING")], ["guidance"], [("CONDITIONING", "CONDITIONING")]),
     "ConditioningZeroOut": ([("conditioning", "CONDITIONING")], [], [("CONDITIONING", "CONDITIONING")]),
@@ -396,11 +404,63 @@ def record_calibration() -> dict:
     )
 
 
+FLUX2_NOTE = """FLUX.2 [klein] / Bonsai Image 4B, ternary
+
+1. Make the checkpoint once (README, "FLUX.2 and Bonsai Image"): `ternaryflux import` a Bonsai
+   Image 4B download, or `ternaryflux quantize` a FLUX.2 [klein] 4B file, into
+   models/diffusion_models/bonsai-4b-ternary.safetensors.
+2. Text encoder: the stock CLIPLoader, type flux2, with the Qwen3 4B file ComfyUI's FLUX.2 [klein]
+   4B templates use (models/text_encoders/qwen_3_4b.safetensors); VAE: the FLUX.2 VAE
+   (models/vae/flux2-vae.safetensors).
+3. Bonsai's recommendation: 4 steps, guidance (CFG) 1.0. [klein] has no distilled-guidance input,
+   so there is no FluxGuidance node; at CFG 1.0 the negative prompt is not evaluated.
+4. A LoRA: put LoraLoaderModelOnly between Load Ternary FLUX and CFG Guider (FLUX.2 LoRAs in
+   BFL, kohya or diffusers `transformer.` names load as they do on the float model).
+"""
+
+
+def flux2_klein_txt2img() -> dict:
+    g = Graph()
+    model = g.add(
+        "TernaryFluxLoader",
+        (40, 40),
+        unet_name="bonsai-4b-ternary.safetensors",
+        kernel_backend="auto",
+        activations="bf16",
+        compute_dtype="default",
+    )
+    clip = g.add("CLIPLoader", (40, 260), clip_name="qwen_3_4b.safetensors", type="flux2", device="default")
+    vae = g.add("VAELoader", (40, 460), vae_name="flux2-vae.safetensors")
+    enc = g.add("CLIPTextEncode", (420, 200), text=PROMPT)
+    g.link(clip, 0, enc, "clip")
+    neg = g.add("ConditioningZeroOut", (780, 320))
+    g.link(enc, 0, neg, "conditioning")
+    guider = g.add("CFGGuider", (1140, 40), cfg=1.0)
+    g.link(model, 0, guider, "model")
+    g.link(enc, 0, guider, "positive")
+    g.link(neg, 0, guider, "negative")
+    noise = g.add("RandomNoise", (1140, 200), noise_seed=42, control_after_generate="fixed")
+    sampler = g.add("KSamplerSelect", (1140, 320), sampler_name="euler")
+    sched = g.add("Flux2Scheduler", (1140, 420), steps=4, width=1024, height=1024)
+    latent = g.add("EmptyFlux2LatentImage", (780, 460), width=1024, height=1024, batch_size=1)
+    sca = g.add("SamplerCustomAdvanced", (1500, 40))
+    g.link(noise, 0, sca, "noise")
+    g.link(guider, 0, sca, "guider")
+    g.link(sampler, 0, sca, "sampler")
+    g.link(sched, 0, sca, "sigmas")
+    g.link(latent, 0, sca, "latent_image")
+    decode_save(g, sca, vae, 1860, 40, "ternaryflux_flux2")
+    note = g.add("Note", (420, 520), title="FLUX.2 [klein] / Bonsai Image", text=FLUX2_NOTE)
+    g.nodes[note - 1]["size"] = [640, 300]
+    return g.to_json("Ternary FLUX.2 [klein] txt2img (Bonsai Image 4B: 4 steps, CFG 1.0)")
+
+
 WORKFLOWS = {
     "ternaryflux_txt2img.json": txt2img,
     "ternaryflux_txt2img_lora.json": txt2img_lora,
     "ternaryflux_ternarize_and_save.json": ternarize_and_save,
     "ternaryflux_record_calibration.json": record_calibration,
+    "ternaryflux_flux2_klein_txt2img.json": flux2_klein_txt2img,
 }
 
 

@@ -47,11 +47,18 @@ from ternaryflux.core.checkpoint import (  # noqa: E402
     write_checkpoint,
 )
 from ternaryflux.core.defaults import DEFAULT_METHOD  # noqa: E402
-from ternaryflux.core.fixtures import make_flux_inputs, make_flux_state_dict, tiny_flux_config  # noqa: E402
+from ternaryflux.core.fixtures import (  # noqa: E402
+    make_flux_inputs,
+    make_flux_state_dict,
+    tiny_flux2_config,
+    tiny_flux_config,
+)
 from ternaryflux.core.flux_layout import is_ternary_layer  # noqa: E402
 from ternaryflux.core.flux_model import flux_from_state_dict  # noqa: E402
 from ternaryflux.core.ternarize import ternarize  # noqa: E402
 from ternaryflux.core.ternary_weight import TernaryWeight  # noqa: E402
+from ternaryflux.quant.algorithms import TernaryConfig  # noqa: E402
+from ternaryflux.quant.flux import quantize_flux_tensors  # noqa: E402
 from ternaryflux.quant.prompts import builtin_prompts  # noqa: E402
 from ternaryflux.quantize_tool.cli import main as quantize_cli  # noqa: E402
 
@@ -78,6 +85,10 @@ RECORD_WF = "ternaryflux_record_calibration"
 MY_PROMPTS = "# my prompts\nfirst custom prompt\n\n  second custom prompt  \n"
 OFFSET_LAYER = ("double_blocks.0.img_attn.qkv", "transformer_blocks.0.attn.to_k")  # rows [H, 2H)
 CALIB_SAMPLES = 3  # of the 4 in flux_calibration_00001: the node must take the tool's seeded subset
+FLUX2_CFG = tiny_flux2_config()  # the FLUX.2 workflow's model (hidden 128, 1 + 1 blocks)
+FLUX2_WF = "ternaryflux_flux2_klein_txt2img"
+# latent each shipped workflow samples on the tiny models (batch 2, 320x192)
+WORKFLOW_LATENT = {FLUX2_WF: (2, 128, 12, 20)}  # FLUX.2: 128 channels at 1/16; FLUX.1 16 at 1/8
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -249,10 +260,18 @@ def host(tmp_path_factory) -> Host:
     (dm / "flux1-dev-ternary.safetensors").write_bytes(data)
     (dm / "flux1-dev.safetensors").write_bytes((dm / "tiny_flux_dev.safetensors").read_bytes())
     (loras / "my_flux_lora.safetensors").write_bytes((loras / "tiny_lora.safetensors").read_bytes())
+    quantize_flux_tensors(  # the FLUX.2 workflow's checkpoint, under its shipped name
+        make_flux_state_dict(FLUX2_CFG, 2),
+        dm / "bonsai-4b-ternary.safetensors",
+        TernaryConfig(method="absmean", group_size=128),
+        device="cpu",
+    )
     for p in (
         "text_encoders/t5xxl_fp16.safetensors",
         "text_encoders/clip_l.safetensors",
+        "text_encoders/qwen_3_4b.safetensors",
         "vae/ae.safetensors",
+        "vae/flux2-vae.safetensors",
     ):
         (base / "models" / p).write_bytes(b"")
 
@@ -337,15 +356,15 @@ def host(tmp_path_factory) -> Host:
         "TernaryFluxRecordCalibration": {"every_n_calls": 2},
         "TernaryFluxCalibrationPrompt": {"index": 0},
     }
+    flux2_set = {  # the shipped file name is kept: it is the tiny FLUX.2 checkpoint here
+        "TFTestConditioning": {"dim": FLUX2_CFG.context_in_dim},
+        "EmptyFlux2LatentImage": {"width": 320, "height": 192, "batch_size": 2},
+        "Flux2Scheduler": {"steps": 2, "width": 320, "height": 192},
+    }
     for wf in WORKFLOWS:
         jobs.append({"name": f"validate_{wf.stem}", "workflow": str(wf), "validate_only": True})
-        jobs.append(
-            {
-                "name": f"run_{wf.stem}",
-                "workflow": str(wf),
-                "set": record_set if wf.stem == RECORD_WF else txt2img_set,
-            }
-        )
+        wf_set = {RECORD_WF: record_set, FLUX2_WF: flux2_set}.get(wf.stem, txt2img_set)
+        jobs.append({"name": f"run_{wf.stem}", "workflow": str(wf), "set": wf_set})
     record_wf = str(ROOT / "workflows" / f"{RECORD_WF}.json")
     # like a queue with batch count 2: the frontend has incremented index -> 1 (file _00002)
     for name, prompt_set in (
@@ -638,7 +657,7 @@ def test_shipped_workflow_runs_on_tiny_models(host: Host, wf: Path):
     lat = host.latents(f"run_{wf.stem}")
     assert lat, "no latent output"
     for t in lat:
-        assert t.shape == (2, 16, 24, 40) and torch.isfinite(t).all()
+        assert t.shape == WORKFLOW_LATENT.get(wf.stem, (2, 16, 24, 40)) and torch.isfinite(t).all()
         assert t.abs().mean() > 0.05  # sampled from an all-zero latent: must have moved
 
 

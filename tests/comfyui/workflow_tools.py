@@ -143,11 +143,15 @@ def text_seed(text: str) -> int:
 
 
 def make_test_prompt(
-    api: dict[str, dict], set_inputs: dict[str, dict[str, Any]], tokens: int = 8
+    api: dict[str, dict],
+    set_inputs: dict[str, dict[str, Any]],
+    tokens: int = 8,
+    keep_decode: bool = False,
 ) -> dict[str, dict]:
     """Swap what tests cannot run: text encoders → ``TFTestConditioning`` (a linked ``text`` input
     stays linked, so the conditioning follows the prompt; typed texts keep the per-node seed), VAE
-    decode + SaveImage → ``SaveLatent``; then set inputs per class (``{"KSampler": {"steps": 2}}``)."""
+    decode + SaveImage → ``SaveLatent`` (unless ``keep_decode``: then the VAE loader stays, e.g.
+    set to a tiny ``taef2``); then set inputs per class (``{"KSampler": {"steps": 2}}``)."""
     p = copy.deepcopy(api)
     for nid, node in list(p.items()):
         ct = node["class_type"]
@@ -159,7 +163,7 @@ def make_test_prompt(
                 inputs["text"] = text
             p[nid] = {"class_type": "TFTestConditioning", "inputs": inputs}
     for nid, node in list(p.items()):
-        if node["class_type"] == "SaveImage":
+        if node["class_type"] == "SaveImage" and not keep_decode:
             src = node["inputs"]["images"]
             dec = p[src[0]]
             if dec["class_type"] != "VAEDecode":

@@ -1,7 +1,8 @@
 """Test-only ComfyUI nodes for the TernaryFLUX integration tests (never shipped to users).
 
-* ``TFTestConditioning`` — seeded random FLUX conditioning ``[B, L, 4096]`` + pooled ``[B, 768]``,
-  standing in for DualCLIPLoader + CLIPTextEncode (no text encoder weights in tests). With a
+* ``TFTestConditioning`` — seeded random FLUX conditioning ``[B, L, dim]`` (``dim`` 4096 = T5-XXL
+  by default; FLUX.2 tests set their tiny model's context width) + pooled ``[B, 768]``, standing in
+  for DualCLIPLoader / CLIPLoader + CLIPTextEncode (no text encoder weights in tests). With a
   ``text`` (typed or linked, e.g. from the Calibration Prompt node) the seed is derived from the
   text instead (:func:`text_seed`), so different prompts give different conditioning.
 * ``TFTestForward`` — loads a MODEL the way samplers do and runs its diffusion model once on
@@ -31,16 +32,19 @@ class TFTestConditioning:
                 "tokens": ("INT", {"default": 8, "min": 1, "max": 512}),
                 "batch": ("INT", {"default": 1, "min": 1, "max": 16}),
             },
-            "optional": {"text": ("STRING", {"default": "", "multiline": True})},
+            "optional": {
+                "text": ("STRING", {"default": "", "multiline": True}),
+                "dim": ("INT", {"default": 4096, "min": 1, "max": 65536}),
+            },
         }
 
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "make"
     CATEGORY = "TernaryFLUX/testing"
 
-    def make(self, seed, tokens, batch, text=""):
+    def make(self, seed, tokens, batch, text="", dim=4096):
         g = torch.Generator().manual_seed(text_seed(text) if text else seed)
-        cond = torch.randn(batch, tokens, 4096, generator=g)
+        cond = torch.randn(batch, tokens, dim, generator=g)
         pooled = torch.randn(batch, 768, generator=g)
         return ([[cond, {"pooled_output": pooled}]],)
 
