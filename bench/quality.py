@@ -11,13 +11,22 @@ image grid ``bench/results/quality-grid.png`` (rows: methods, columns: the same 
 Methods (``--methods``):
   float           the proxy itself
   absmean, twn    data-free
-  calibrated      --method calibrated, default block inputs (the float model's)
+  calibrated      --method calibrated --block-inputs float (each block on the float model's inputs;
+                  explicit since the tool's default became sequential)
   calibrated-seq  ``--block-inputs sequential``: each block calibrated on what the already-ternary
                   earlier blocks give it (target: the float block output)
   distill         ``ternaryflux distill`` from calibrated-seq (or calibrated), --distill-steps
 
     python bench/quality.py                 # full table, about 15-25 min on 2 shared cores
     python bench/quality.py --quick         # smaller sets (what the CI test runs, in-process)
+
+``--architecture flux2`` runs the same pipeline on the trained FLUX.2 proxy
+(``proxy/data/proxy-flux2.safetensors``); ``--policies blocks blocks+modulation`` quantizes every
+method under each ternary policy (``quantize --ternary-layers``; rows ``method [policy]``):
+
+    python bench/quality.py --architecture flux2 --methods float twn calibrated calibrated-seq \
+        --policies blocks blocks+modulation --threads 1 --out bench/results/quality-flux2-policy.json \
+        --grid bench/results/quality-flux2-policy-grid.png
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import torch  # noqa: E402
 from ternaryflux.proxy.geneval import TASKS  # noqa: E402
-from ternaryflux.proxy.model import ProxySettings, proxy_path  # noqa: E402
+from ternaryflux.proxy.model import FLUX2_PROXY, ProxySettings, proxy_path  # noqa: E402
 from ternaryflux.proxy.quality import (  # noqa: E402
     SamplerSettings,
     generate,
@@ -70,6 +79,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--proxy", type=Path, default=None, help="float proxy file (default: committed/cached)")
     ap.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)
+    ap.add_argument(
+        "--architecture",
+        choices=["flux", "flux2"],
+        default="flux",
+        help="which trained proxy: flux (FLUX.1, default) or flux2 (FLUX.2)",
+    )
+    ap.add_argument(
+        "--policies",
+        nargs="+",
+        default=None,
+        choices=["blocks", "blocks+modulation"],
+        help="quantize each method under each ternary policy (default: the tool's default policy only)",
+    )
     ap.add_argument("--per-kind", type=int, default=12, help="held-out prompts per prompt form")
     ap.add_argument("--seeds", type=int, default=4, help="seeds per prompt")
     ap.add_argument("--cal-captions", type=int, default=64, help="calibration captions (training grammar)")
@@ -92,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     if args.quick:
         args.per_kind, args.seeds, args.cal_captions, args.distill_steps = 4, 1, 16, 60
-    settings = ProxySettings()
+    settings = FLUX2_PROXY if args.architecture == "flux2" else ProxySettings()
     sampler = SamplerSettings(args.steps, args.cfg)
     src = args.proxy or proxy_path(settings)
     scenes = heldout_scenes(args.per_kind)
@@ -106,12 +128,17 @@ def main(argv: list[str] | None = None) -> dict:
     held_caps = [s.caption() for s in scenes][:: max(1, len(scenes) // 16)]
     held = trajectory_samples(float_model, settings, held_caps, 99, sampler, record=(0, 5, 10, 15))
     log.info("calibration: %d samples (%d captions) in %.0f s", n, args.cal_captions, time.time() - t0)
-    common = ["--no-progress"]
     results: dict[str, dict] = {}
     grid_rows, names = [], []
-    for m in args.methods:
+    runs = [(m, None) for m in args.methods]
+    if args.policies:
+        runs = [(m, p) for m in args.methods for p in ([None] if m == "float" else args.policies)]
+    for m, policy in runs:
         t = time.time()
-        ck = work / f"{m}.safetensors"
+        key = m if policy is None else f"{m} [{policy}]"
+        suffix = "" if policy is None else "-" + policy.replace("+", "-")
+        ck = work / f"{m}{suffix}.safetensors"
+        common = ["--no-progress"] + ([] if policy is None else ["--ternary-layers", policy])
         note = ""
         if m == "float":
             ck = src
@@ -119,36 +146,38 @@ def main(argv: list[str] | None = None) -> dict:
             tool(["quantize", str(src), "-o", str(ck), "--method", m, "--no-hash", *common])
         elif m == "calibrated":
             tool(["quantize", str(src), "-o", str(ck), "--method", "calibrated", "--calibration", str(cal),
-                  "--calib-samples", str(args.calib_samples), "--no-hash", *common])  # fmt: skip
+                  "--calib-samples", str(args.calib_samples), "--block-inputs", "float",
+                  "--no-hash", *common])  # fmt: skip
+            note = "ternaryflux quantize --block-inputs float"
         elif m == "calibrated-seq":
             tool(["quantize", str(src), "-o", str(ck), "--method", "calibrated", "--calibration", str(cal),
                   "--calib-samples", str(args.calib_samples), "--block-inputs", "sequential",
                   "--no-hash", *common])  # fmt: skip
             note = "ternaryflux quantize --block-inputs sequential"
         elif m == "distill":
-            start = work / f"{args.distill_from}.safetensors"
+            start = work / f"{args.distill_from}{suffix}.safetensors"
             if not start.exists():
                 raise SystemExit(f"distill needs {args.distill_from} in --methods before it")
             tool(["distill", "--teacher", str(src), "--student", str(start), "--calibration", str(cal),
                   "--steps", str(args.distill_steps), "--lr", str(args.distill_lr), "-o", str(ck),
-                  "--optimizer", "adamw", *common])  # fmt: skip
+                  "--optimizer", "adamw", "--no-progress"])  # fmt: skip
             note = f"from {args.distill_from}, {args.distill_steps} steps, lr {args.distill_lr}"
         t_make = time.time() - t
         model = load_model(ck)
         imgs = generate(model, scenes, seeds, settings, sampler)
         sc = score(scenes, seeds, imgs)
         verr = 0.0 if m == "float" else velocity_error(float_model, model, held)
-        results[m] = {
+        results[key] = {
             **sc,
             "velocity_rel_err": verr,
             "make_seconds": t_make,
             "total_seconds": time.time() - t,
             "note": note,
         }
-        log.info("%s: overall %.3f, velocity err %.3f (%.0f s)", m, sc["overall"], verr, time.time() - t)
+        log.info("%s: overall %.3f, velocity err %.3f (%.0f s)", key, sc["overall"], verr, time.time() - t)
         idx = [i * len(seeds) for i in range(0, len(scenes), max(1, len(scenes) // args.grid_cols))]
         grid_rows.append(imgs[idx[: args.grid_cols]])
-        names.append(m)
+        names.append(key)
     fl = results.get("float", {}).get("overall")
     for r in results.values():
         r["pct_of_float"] = 100.0 * r["overall"] / fl if fl else None
@@ -164,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "command": "python bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "proxy": str(src),
+        "architecture": args.architecture,
+        "policies": args.policies,
         "settings": settings.__dict__,
         "sampler": sampler.__dict__,
         "heldout": {"per_kind": args.per_kind, "seeds": seeds, "images": len(scenes) * len(seeds)},

@@ -1,4 +1,4 @@
-"""Train (or find in the cache) the proxy FLUX: ``python bench/train_proxy.py [--out FILE]``.
+"""Train (or find in the cache) the proxy FLUX: ``python bench/train_proxy.py [--architecture flux2] [--out FILE]``.
 
 Deterministic (seeded, fixed step count): the result is a function of ``ProxySettings`` and the
 code version. Prints the cache path, wall time and final loss.
@@ -21,6 +21,12 @@ from tqdm import tqdm
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=ProxySettings.steps)
+    p.add_argument(
+        "--architecture",
+        choices=["flux", "flux2"],
+        default="flux",
+        help="flux: the FLUX.1 proxy (proxy/data/proxy-flux.safetensors); flux2: the FLUX.2 one",
+    )
     p.add_argument("--out", type=Path, default=None, help="also copy the checkpoint here")
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: fastest on a shared 2-core machine)"
@@ -28,7 +34,7 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(args.threads)
-    s = ProxySettings(steps=args.steps)
+    s = ProxySettings(steps=args.steps, architecture=args.architecture)
     bar = tqdm(total=s.steps, desc="train proxy", mininterval=5)
 
     def prog(step: int, loss: float) -> None:

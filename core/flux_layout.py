@@ -18,7 +18,7 @@ Which Linears are ternary is a **policy** recorded in the checkpoint metadata:
   choice; for FLUX.1 they sit inside the blocks, for FLUX.2 they are the three global ones).
 
 FLUX.1's default is ``blocks+modulation`` (what every FLUX.1 checkpoint so far holds), FLUX.2's
-``blocks``. Embedders, ``final_layer``, norms and biases always stay in source precision, which
+``blocks`` (measured on the trained FLUX.2 proxy, see :data:`FLUX2`). Embedders, ``final_layer``, norms and biases always stay in source precision, which
 keeps the keys ComfyUI's detection reads (``img_in``, ``txt_in``, ``vector_in``) intact.
 """
 
@@ -115,6 +115,13 @@ FLUX2 = Architecture(
         "double_stream_modulation_txt.lin",
         "single_stream_modulation.lin",
     ),
+    # Measured on the trained FLUX.2 proxy (docs/QUANTIZATION.md, bench/results/quality-flux2-policy.json,
+    # 384 images): with the default method twn, `blocks` ties on the GenEval-proxy score (0.219 vs
+    # 0.222) and has the lower held-out velocity error (0.386 vs 0.462); with calibrated (sequential)
+    # `blocks+modulation` scores higher (0.366 vs 0.300) but its velocity error is higher too (0.236 vs
+    # 0.136: the global modulation is rounded without data). No policy wins on both, so the default
+    # stays `blocks`; it is also the format's reading default for FLUX.2 files without the field.
+    # `blocks+modulation` is 18% smaller (klein 4B 1.122 vs 1.368 GB, 2-bit g128).
     default_policy=POLICY_BLOCKS,
 )
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (FLUX1, FLUX2)}

@@ -9,6 +9,10 @@
   constant pad channel, 2x2 pixels into channels -> 16 latent channels at half resolution, so
   FLUX's 16-channel latent and its 2x2 patchify hold unchanged. Pixel values are mapped to
   [-1, 1].
+* :func:`pack_latent` / :func:`unpack_latent`: the FLUX.2 proxy's latent. FLUX.2's 128-channel
+  latent is its VAE's 32 channels with 2x2 pixels folded into channels (patch size 1 in the
+  transformer); the FLUX.2 proxy does the same to the 16-channel proxy latent: 64 channels at a
+  quarter of the image size, so both proxies see the same 64 image tokens.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from .scenes import COLORS, NUMBERS, RELATIONS, SHAPES, SIZE_WORDS
 
 PAD = "<pad>"
 LATENT_CHANNELS = 16
+FLUX2_LATENT_CHANNELS = LATENT_CHANNELS * 4  # the proxy latent folded 2x2, as FLUX.2's
 
 
 def vocabulary() -> list[str]:
@@ -86,3 +91,25 @@ def from_latent(lat: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`to_latent`: ``[B, 3, H, W]`` clamped to [0, 1] (the pad channel is dropped)."""
     x = torch.nn.functional.pixel_shuffle(lat.float(), 2)[:, :3]
     return ((x + 1) / 2).clamp(0, 1)
+
+
+def pack_latent(lat: torch.Tensor) -> torch.Tensor:
+    """Proxy latent ``[B, 16, h, w]`` -> the FLUX.2 proxy's ``[B, 64, h/2, w/2]`` (2x2 fold)."""
+    return torch.nn.functional.pixel_unshuffle(lat, 2)
+
+
+def unpack_latent(lat: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_latent`."""
+    return torch.nn.functional.pixel_shuffle(lat, 2)
+
+
+def model_latent(img: torch.Tensor, architecture: str = "flux") -> torch.Tensor:
+    """Images -> the latent the proxy of ``architecture`` takes (FLUX.1: 16 channels at H/2,
+    FLUX.2: 64 channels at H/4)."""
+    lat = to_latent(img)
+    return pack_latent(lat) if architecture == "flux2" else lat
+
+
+def model_image(lat: torch.Tensor, architecture: str = "flux") -> torch.Tensor:
+    """Inverse of :func:`model_latent` (clamped to [0, 1])."""
+    return from_latent(unpack_latent(lat.float()) if architecture == "flux2" else lat)

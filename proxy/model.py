@@ -10,6 +10,13 @@ cores in about ten minutes: hidden 128 (one 128-dim head, as ComfyUI derives hea
 :func:`ensure_proxy` trains once and caches ``flux.safetensors`` (bf16, like a real FLUX file)
 under ``$TERNARYFLUX_CACHE/proxy/<key>/`` (default ``~/.cache/ternaryflux``), where ``key``
 hashes the settings and :data:`PROXY_VERSION`; later calls reuse it.
+
+``ProxySettings(architecture="flux2")`` (:data:`FLUX2_PROXY`) is the same proxy on the FLUX.2
+architecture (:class:`~ternaryflux.core.flux2_model.Flux2`): same scenes, encoder, training loop
+and sampler; hidden 128 (one head, 4 RoPE axes of 32), 1 double + 2 single blocks, SwiGLU, no
+biases, global modulation, no pooled vector (the encoder's ``y`` is not used), patch 1 on the
+proxy latent folded 2x2 into 64 channels (:func:`~.encoding.pack_latent`, as FLUX.2's 128-channel
+latent folds its VAE's 32), so it sees the same 64 image tokens as the FLUX.1 proxy.
 """
 
 from __future__ import annotations
@@ -31,9 +38,16 @@ import torch
 import torch.nn.functional as F
 
 from ..core.calibration_data import CalibrationSample
-from ..core.flux_layout import FluxConfig
-from ..core.flux_model import Flux
-from .encoding import LATENT_CHANNELS, ToyTextEncoder, from_latent, to_latent
+from ..core.flux_layout import Flux2Config, FluxConfig
+from ..core.flux_model import Flux, model_class
+from .encoding import (
+    FLUX2_LATENT_CHANNELS,
+    LATENT_CHANNELS,
+    ToyTextEncoder,
+    model_image,
+    model_latent,
+    pack_latent,
+)
 from .scenes import heldout_captions, random_scene, render_scene
 
 log = logging.getLogger(__name__)
@@ -59,8 +73,34 @@ class ProxySettings:
     cond_dropout: float = 0.1
     seed: int = 0
     encoder_seed: int = 0
+    architecture: str = "flux"  # "flux" (FLUX.1) | "flux2" (FLUX.2)
 
-    def flux_config(self) -> FluxConfig:
+    def __post_init__(self) -> None:
+        if self.architecture not in ("flux", "flux2"):
+            raise ValueError(f"unknown proxy architecture {self.architecture!r} (expected 'flux' or 'flux2')")
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the latent the model takes (before its own patchify)."""
+        return FLUX2_LATENT_CHANNELS if self.architecture == "flux2" else LATENT_CHANNELS
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // (4 if self.architecture == "flux2" else 2)
+
+    def flux_config(self) -> FluxConfig | Flux2Config:
+        if self.architecture == "flux2":
+            return Flux2Config(
+                in_channels=FLUX2_LATENT_CHANNELS,
+                out_channels=FLUX2_LATENT_CHANNELS,
+                context_in_dim=self.context_dim,
+                hidden_size=self.hidden,
+                mlp_ratio=3.0,
+                num_heads=self.hidden // 128,
+                depth=self.depth,
+                depth_single_blocks=self.depth_single,
+                guidance_embed=False,
+            )
         return FluxConfig(
             in_channels=LATENT_CHANNELS * 4,
             out_channels=LATENT_CHANNELS * 4,
@@ -78,7 +118,10 @@ class ProxySettings:
         return ToyTextEncoder(self.context_dim, self.vec_dim, self.txt_len, self.encoder_seed)
 
     def key(self) -> str:
-        blob = json.dumps({**dataclasses.asdict(self), "version": PROXY_VERSION}, sort_keys=True)
+        d = dataclasses.asdict(self)
+        if d["architecture"] == "flux":  # FLUX.1 keys predate the field: the committed key holds
+            del d["architecture"]
+        blob = json.dumps({**d, "version": PROXY_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -86,15 +129,28 @@ def cache_root() -> Path:
     return Path(os.environ.get("TERNARYFLUX_CACHE") or Path.home() / ".cache" / "ternaryflux")
 
 
+_ZERO_INIT = (
+    "mod.lin",
+    "modulation.lin",
+    "modulation_img.lin",  # FLUX.2's global double-stream modulation
+    "modulation_txt.lin",
+    "adaLN_modulation.1",
+    "final_layer.linear",
+)
+
+
 def init_model(settings: ProxySettings) -> Flux:
-    """Seeded init; adaLN-Zero (modulation and final projection start at zero, as DiT)."""
+    """Seeded init; adaLN-Zero (modulation and final projection start at zero, as DiT; FLUX.2's
+    global modulation Linears likewise, and it has no biases)."""
     torch.manual_seed(settings.seed)
-    model = Flux(settings.flux_config())
+    config = settings.flux_config()
+    model = model_class(config)(config)
     with torch.no_grad():
         for n, m in model.named_modules():
-            if n.endswith(("mod.lin", "modulation.lin", "adaLN_modulation.1", "final_layer.linear")):
+            if n.endswith(_ZERO_INIT):
                 m.weight.zero_()
-                m.bias.zero_()
+                if m.bias is not None:
+                    m.bias.zero_()
     return model
 
 
@@ -138,8 +194,10 @@ def train_proxy(
         for g in opt.param_groups:
             g["lr"] = lr
         img, caps = stream.batch(step)
-        x0 = to_latent(img)
+        x0 = model_latent(img, settings.architecture)
         ctx, y = enc.encode(caps)
+        if settings.architecture == "flux2":
+            y = None  # no pooled vector
         noise = torch.randn(x0.shape, generator=gen)
         sigma = torch.sigmoid(torch.randn(x0.shape[0], generator=gen))  # logit-normal (SD3)
         xt = (1 - sigma)[:, None, None, None] * x0 + sigma[:, None, None, None] * noise
@@ -189,6 +247,13 @@ def ensure_proxy(
 
 
 COMMITTED = Path(__file__).resolve().parent / "data" / "proxy-flux.safetensors"
+COMMITTED_FLUX2 = COMMITTED.with_name("proxy-flux2.safetensors")
+# The committed FLUX.2 proxy: 1500 steps like the FLUX.1 one (bench/results/quality-proxy-train-flux2.json)
+FLUX2_PROXY = ProxySettings(architecture="flux2")
+
+
+def committed_path(architecture: str = "flux") -> Path:
+    return COMMITTED_FLUX2 if architecture == "flux2" else COMMITTED
 
 
 def committed_key(path: Path = COMMITTED) -> str | None:
@@ -209,8 +274,9 @@ def proxy_path(settings: ProxySettings | None = None) -> Path:
     trained with exactly these settings and code version, else the cached one (trained on first
     use, ~10-25 min on 2 CPU cores)."""
     settings = settings or ProxySettings()
-    if committed_key() == settings.key():
-        return COMMITTED
+    committed = committed_path(settings.architecture)
+    if committed_key(committed) == settings.key():
+        return committed
     return ensure_proxy(settings)
 
 
@@ -238,6 +304,7 @@ def sample(
     ``cfg != 1``, unconditional) as calibration samples."""
     dt = model.dtype
     dev = next(model.parameters()).device
+    arch = model.config.architecture
     imgs, recs = [], []
     sig = sigmas(steps)
     lat = image_size // 2
@@ -250,23 +317,27 @@ def sample(
                 for s in seeds[i : i + batch]
             ]
         )
+        if arch == "flux2":  # the same noise, folded 2x2; no pooled vector
+            noise = pack_latent(noise)
         ctx, y = encoder.encode(caps)
         uctx, uy = encoder.encode([""] * b)
+        if arch == "flux2":
+            y = uy = None
         x = noise
         for j in range(steps):
             s, s_next = float(sig[j]), float(sig[j + 1])
             t = torch.full((b,), s)
             if j in record:
-                recs.append(CalibrationSample(x.clone(), t.clone(), ctx.clone(), y.clone()))
+                recs.append(CalibrationSample(x.clone(), t.clone(), ctx.clone(), _clone(y)))
                 if cfg != 1.0:
-                    recs.append(CalibrationSample(x.clone(), t.clone(), uctx.clone(), uy.clone()))
+                    recs.append(CalibrationSample(x.clone(), t.clone(), uctx.clone(), _clone(uy)))
             if cfg != 1.0:
                 v2 = (
                     model.forward_latent(
                         torch.cat([x, x]).to(dev, dt),
                         torch.cat([t, t]).to(dev, dt),
                         torch.cat([ctx, uctx]).to(dev, dt),
-                        torch.cat([y, uy]).to(dev, dt),
+                        None if y is None else torch.cat([y, uy]).to(dev, dt),
                     )
                     .float()
                     .cpu()
@@ -275,10 +346,16 @@ def sample(
                 v = vu + cfg * (vc - vu)
             else:
                 v = (
-                    model.forward_latent(x.to(dev, dt), t.to(dev, dt), ctx.to(dev, dt), y.to(dev, dt))
+                    model.forward_latent(
+                        x.to(dev, dt), t.to(dev, dt), ctx.to(dev, dt), None if y is None else y.to(dev, dt)
+                    )
                     .float()
                     .cpu()
                 )
             x = x + (s_next - s) * v
-        imgs.append(from_latent(x))
+        imgs.append(model_image(x, arch))
     return torch.cat(imgs), recs
+
+
+def _clone(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.clone()

@@ -53,25 +53,36 @@ def load_calibration(
     return samples, summary
 
 
-def check_calibration_fits(samples: Sequence[CalibrationSample], config: FluxConfig | Flux2Config) -> None:
+def check_calibration_fits(
+    samples: Sequence[CalibrationSample],
+    config: FluxConfig | Flux2Config,
+    files: Sequence[str | Path] = (),
+    model: str | Path | None = None,
+) -> None:
     """The samples were recorded with a model of this shape (latent channels, text width, pooled
-    vector); FLUX.1 data for a FLUX.2 model (or the reverse) fails here with one sentence."""
-    s = samples[0]
+    vector); FLUX.1 data for a FLUX.2 model (or the reverse) fails here with one sentence, naming
+    the calibration ``files`` and the ``model`` file when given."""
     title = ARCHITECTURES[config.architecture].title
+    where = (", ".join(Path(f).name for f in files) + ": ") if files else ""
+    with_model = f" ({Path(model).name})" if model is not None else ""
     context_dim, vec_dim = config.context_in_dim, config.vec_in_dim
-    if s.x.shape[1] != config.latent_channels:
-        other = " (FLUX.2 latents have 128 channels, FLUX.1 latents 16)" if s.x.shape[1] in (16, 128) else ""
-        raise QuantizeError(
-            f"calibration latents have {s.x.shape[1]} channels but this {title} takes {config.latent_channels}"
-            f"{other}: record calibration data with the same model"
-        )
-    if s.context.shape[-1] != context_dim:
-        raise QuantizeError(
-            f"calibration context has width {s.context.shape[-1]}, this {title} expects {context_dim}"
-        )
+    for s in samples:  # shapes only: cheap, and files may mix sizes
+        if s.x.shape[1] != config.latent_channels:
+            c = s.x.shape[1]
+            other = " (FLUX.2 latents have 128 channels, FLUX.1 latents 16)" if c in (16, 128) else ""
+            raise QuantizeError(
+                f"{where}calibration latents have {c} channels but this {title} takes {config.latent_channels}"
+                f"{other}: record calibration data with the same model{with_model}"
+            )
+        if s.context.shape[-1] != context_dim:
+            raise QuantizeError(
+                f"{where}calibration context has width {s.context.shape[-1]}, this {title}{with_model} "
+                f"expects {context_dim}"
+            )
+    s = samples[0]
     if vec_dim is None:
         return  # FLUX.2 has no pooled vector: a recorded one is ignored
     if s.y is not None and s.y.shape[-1] != vec_dim:
         raise QuantizeError(
-            f"calibration pooled vector has width {s.y.shape[-1]}, this FLUX expects {vec_dim}"
+            f"{where}calibration pooled vector has width {s.y.shape[-1]}, this FLUX{with_model} expects {vec_dim}"
         )

@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 from ..core.calibration_data import CalibrationSample
-from ..core.flux_model import Flux
 from .capture import BlockCapture, flatten_outputs
 
 
-def block_names(model: Flux) -> list[str]:
+def block_names(model: nn.Module) -> list[str]:
+    """The block paths of a FLUX.1 (:class:`Flux`) or FLUX.2 (``Flux2``) model, in run order."""
     return [f"double_blocks.{i}" for i in range(len(model.double_blocks))] + [
         f"single_blocks.{i}" for i in range(len(model.single_blocks))
     ]
@@ -48,9 +48,14 @@ class _Acc:
 
 @torch.no_grad()
 def compare_models(
-    teacher: Flux, student: Flux, samples: Sequence[CalibrationSample], device=None, per_block: bool = True
+    teacher: nn.Module,
+    student: nn.Module,
+    samples: Sequence[CalibrationSample],
+    device=None,
+    per_block: bool = True,
 ) -> dict[str, Any]:
-    """Errors of ``student`` vs ``teacher`` on ``samples`` (see module docstring)."""
+    """Errors of ``student`` vs ``teacher`` (both :class:`Flux` or both ``Flux2``) on ``samples``
+    (see module docstring)."""
     device = device or next(teacher.parameters()).device
     names = block_names(teacher) if per_block else []
     local = {n: _Acc() for n in names}

@@ -12,7 +12,7 @@ from ..core.calibration_data import CalibrationSample, write_calibration
 from ..core.fixtures import make_flux_state_dict, tiny_flux_config
 from ..core.flux_layout import FluxConfig
 from ..core.flux_model import flux_from_state_dict
-from .sampling import euler_trajectory, flux_sigmas, synthetic_conditioning
+from .sampling import euler_trajectory, flux2_sigmas, flux_sigmas, synthetic_conditioning
 from .sources import COMFY_PREFIX, bfl_to_diffusers
 
 
@@ -68,16 +68,21 @@ def trajectory_calibration(
     txt_len: int = 16,
     seed: int = 0,
 ) -> list[CalibrationSample]:
-    """Calibration samples along the float model's Euler trajectories, synthetic conditioning."""
+    """Calibration samples along the float model's Euler trajectories, synthetic conditioning
+    (FLUX.1 or FLUX.2: its latent at ``size``/8 or ``size``/16 and its schedule)."""
     model = flux_from_state_dict(sd, dtype=torch.float32)
     cfg = model.config
     g = torch.Generator().manual_seed(seed)
-    lat = size // 8
-    sigmas = flux_sigmas(steps, (lat // 2) ** 2, shift=cfg.guidance_embed)
+    if cfg.architecture == "flux2":
+        lat = size // 16
+        sigmas = flux2_sigmas(steps, lat**2)
+    else:
+        lat = size // 8
+        sigmas = flux_sigmas(steps, (lat // 2) ** 2, shift=cfg.guidance_embed)
     out: list[CalibrationSample] = []
     for i in range(prompts):
         ctx, y = synthetic_conditioning(f"prompt {seed}-{i}", txt_len, cfg.context_in_dim, cfg.vec_in_dim)
-        noise = torch.randn(1, cfg.in_channels // 4, lat, lat, generator=g)
+        noise = torch.randn(1, cfg.latent_channels, lat, lat, generator=g)
         guid = torch.full((1,), 3.5) if cfg.guidance_embed else None
         recs, _ = euler_trajectory(model, noise, ctx, y, guid, sigmas, record)
         out.extend(recs)

@@ -13,7 +13,9 @@ Two sources:
 2. --synthetic: prompts (the built-in list of 1,000+ prompts, or --prompts FILE, one per line)
    run through the float model with an Euler flow-matching sampler on the FLUX shift schedule,
    the latent recorded at several steps of each trajectory (--record-steps), with seeded random
-   text conditioning in place of T5/CLIP: for pipeline checks and tests only. Real prompt
+   text conditioning in place of T5/CLIP: for pipeline checks and tests only. FLUX.2 models
+   (BFL/ComfyUI files or diffusers folders) get FLUX.2 inputs: 128-channel latents at size/16,
+   text as wide as the model's txt_in, no pooled vector, BFL's FLUX.2 schedule. Real prompt
    encoding happens in ComfyUI (its text encoders, your files): use source 1. Example:
 
      ternaryflux calibrate --model flux1-dev.safetensors --synthetic --num-prompts 4 \\
@@ -37,7 +39,7 @@ from ..core.flux_model import flux_from_state_dict
 from ..quant.calibration import load_calibration
 from ..quant.flux import resolve_device
 from ..quant.prompts import PromptListError, builtin_prompts, load_prompt_file
-from ..quant.sampling import euler_trajectory, flux_sigmas, synthetic_conditioning
+from ..quant.sampling import euler_trajectory, flux2_sigmas, flux_sigmas, synthetic_conditioning
 from ..quant.sources import open_source
 from .args import FORMATTER, ToolError, add_device_arg, add_progress_arg
 from .cli_paths import add_overwrite_arg, refuse_existing
@@ -186,9 +188,15 @@ def _from_prompts(args: argparse.Namespace) -> tuple[list[list[CalibrationSample
     model = flux_from_state_dict(src.state_dict(), dtype=dtype, device=dev)
     g = torch.Generator().manual_seed(args.seed)
     chosen = [prompts[i] for i in torch.randperm(len(prompts), generator=g)[: args.num_prompts].tolist()]
-    lat = args.size // 8
-    tokens = (lat // 2) ** 2
-    sigmas = flux_sigmas(args.steps, tokens, shift=cfg.guidance_embed)
+    flux2 = cfg.architecture == "flux2"
+    # FLUX.1: 16 channels at size/8, patchified 2x2 in the model; FLUX.2: its VAE's 32 channels
+    # folded 2x2 into the 128-channel latent at size/16 (ComfyUI's Flux2 latent), patch 1
+    lat = args.size // (16 if flux2 else 8)
+    tokens = lat**2 if flux2 else (lat // 2) ** 2
+    if flux2:
+        sigmas = flux2_sigmas(args.steps, tokens)
+    else:
+        sigmas = flux_sigmas(args.steps, tokens, shift=cfg.guidance_embed)
     if dev.type == "cpu" and args.size > 512:
         log.warning(
             "sampling %d prompts x %d steps at %d px on the CPU takes minutes per prompt; for a pipeline "
@@ -210,13 +218,13 @@ def _from_prompts(args: argparse.Namespace) -> tuple[list[list[CalibrationSample
     try:
         for prompt in chosen:
             ctx, y = synthetic_conditioning(prompt, args.txt_len, cfg.context_in_dim, cfg.vec_in_dim)
-            noise = torch.randn(1, cfg.in_channels // 4, lat, lat, generator=g)
+            noise = torch.randn(1, cfg.latent_channels, lat, lat, generator=g)
             guid = torch.full((1,), args.guidance) if cfg.guidance_embed else None
             recs, _ = euler_trajectory(
                 model,
                 noise.to(dev),
                 ctx.to(dev),
-                y.to(dev),
+                None if y is None else y.to(dev),
                 None if guid is None else guid.to(dev),
                 sigmas.to(dev),
                 record,
@@ -234,4 +242,6 @@ def _from_prompts(args: argparse.Namespace) -> tuple[list[list[CalibrationSample
         "size": args.size,
         "sampler": "euler, FLUX shift schedule" if cfg.guidance_embed else "euler, unshifted (schnell)",
     }
+    if flux2:  # (FLUX.1 files keep their metadata as before)
+        info.update(architecture="flux2", sampler="euler, FLUX.2 empirical-mu schedule")
     return groups, info

@@ -5,6 +5,9 @@ block Linear, writes the checkpoint (2-bit and at-rest base3), reloads it, runs 
 denoising step through the ternary layers and compares with the float model. Then it runs the
 `calibrated` recipe on the float model's own sampling trajectories and compares the held-out
 velocity error of both methods.
+
+`--architecture flux2` runs the same path on a tiny FLUX.2 (global modulation, SwiGLU, no biases,
+128-channel patch-1 latent; ternary policy `blocks`, FLUX.2's default).
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from safetensors.torch import save_file
 
 from ..core.calibration_data import write_calibration
 from ..core.checkpoint import TernaryMetadata, load_checkpoint, write_checkpoint
-from ..core.fixtures import make_flux_inputs, make_tiny_flux, tiny_flux_config
-from ..core.flux_layout import is_ternary_layer
+from ..core.fixtures import make_flux_inputs, make_tiny_flux, tiny_flux2_config, tiny_flux_config
+from ..core.flux_layout import architecture, is_ternary_layer
 from ..core.flux_model import flux_from_state_dict
 from ..quant.algorithms import TernaryConfig, quantize_
 from ..quant.evaluate import velocity_error
@@ -43,8 +46,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden", type=int, default=256, help="hidden size, a multiple of 128 (default 256)")
     p.add_argument("--depth", type=int, default=2, help="double-stream blocks (default 2)")
     p.add_argument("--depth-single", type=int, default=4, help="single-stream blocks (default 4)")
+    p.add_argument(
+        "--architecture",
+        choices=["flux", "flux2"],
+        default="flux",
+        help="flux: a tiny FLUX.1 (default); flux2: a tiny FLUX.2 (klein-style)",
+    )
     p.add_argument("--method", choices=["absmean", "twn"], default="absmean", help="data-free ternarization")
-    p.add_argument("--size", type=int, default=32, help="latent height and width (default 32 = 256 px image)")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="latent height and width (default 32 for FLUX.1, 16 for FLUX.2: a 256 px image either way)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--out", type=Path, default=None, help="folder for the checkpoints (default: a temp folder)"
@@ -75,7 +89,19 @@ def euler_step(model, inp: dict, sigma: float, sigma_next: float) -> torch.Tenso
     return inp["x"] + (sigma_next - sigma) * v
 
 
+TITLES = {"flux": "FLUX", "flux2": "FLUX.2"}
+
+
+def demo_config(args: argparse.Namespace):
+    """The tiny model of ``--architecture`` (FLUX.1 as before; FLUX.2: 128 latent channels)."""
+    if getattr(args, "architecture", "flux") == "flux2":
+        return tiny_flux2_config(hidden=args.hidden, depth=args.depth, depth_single=args.depth_single)
+    return tiny_flux_config(hidden=args.hidden, depth=args.depth, depth_single=args.depth_single)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.size is None:
+        args.size = 16 if args.architecture == "flux2" else 32
     if args.write_models is not None:
         return write_models(args)
     if args.out is not None:
@@ -99,7 +125,7 @@ def write_models(args: argparse.Namespace) -> int:
         raise ToolError(f"--write-models {folder}: exists and is not a folder")
     targets = {k: folder / v for k, v in MODEL_FILES.items()}
     refuse_existing(*targets.values(), overwrite=args.overwrite)
-    config = tiny_flux_config(hidden=args.hidden, depth=args.depth, depth_single=args.depth_single)
+    config = demo_config(args)
     folder.mkdir(parents=True, exist_ok=True)
     sd = {
         k: v.to(torch.bfloat16)
@@ -122,7 +148,10 @@ def write_models(args: argparse.Namespace) -> int:
     m, c, h = (str(targets[k]) for k in ("model", "cal", "held"))
     t = str(folder / "tiny-flux-ternary.safetensors")
     rows = [
-        ["float tiny FLUX", f"{m} (hidden {args.hidden}, {args.depth}+{args.depth_single} blocks, bf16)"],
+        [
+            f"float tiny {TITLES[config.architecture]}",
+            f"{m} (hidden {args.hidden}, {args.depth}+{args.depth_single} blocks, bf16)",
+        ],
         ["calibration", f"{c} ({prompts} synthetic prompts' trajectories)"],
         ["held out", h],
     ]
@@ -138,7 +167,8 @@ def write_models(args: argparse.Namespace) -> int:
 
 @torch.no_grad()
 def _demo(args: argparse.Namespace, folder: Path, temporary: bool = False) -> int:
-    config = tiny_flux_config(hidden=args.hidden, depth=args.depth, depth_single=args.depth_single)
+    config = demo_config(args)
+    arch = config.architecture
     float_model = make_tiny_flux(config, seed=args.seed, structured=True)
     inp = make_flux_inputs(config, height=args.size, width=args.size, txt_len=16, seed=args.seed + 1)
     params_total = sum(p.numel() for p in float_model.parameters())
@@ -151,7 +181,7 @@ def _demo(args: argparse.Namespace, folder: Path, temporary: bool = False) -> in
     t0 = time.perf_counter()
     tern = make_tiny_flux(config, seed=args.seed, structured=True)
     layers = list(
-        quantize_(tern, TernaryConfig(method=args.method), filter_fn=lambda m, n: is_ternary_layer(n))
+        quantize_(tern, TernaryConfig(method=args.method), filter_fn=lambda m, n: is_ternary_layer(n, arch))
     )
     t_quant = time.perf_counter() - t0
     params_ternary = sum(int(tern.get_submodule(n).weight_shape.prod()) for n in layers)
@@ -167,8 +197,14 @@ def _demo(args: argparse.Namespace, folder: Path, temporary: bool = False) -> in
         meta = TernaryMetadata(
             packing=packing,
             variant=config.variant,
-            source_name="built-in tiny FLUX (demo)",
+            source_name=f"built-in tiny {TITLES[arch]} (demo)",
             method=args.method,
+            # FLUX.2 writers always name their policy (docs/FORMAT.md); FLUX.1 keeps it implicit
+            **(
+                {"architecture": arch, "ternary_policy": architecture(arch).default_policy}
+                if arch != "flux"
+                else {}
+            ),
         )
         write_checkpoint(path, sd, meta)
         sizes[packing] = path.stat().st_size
@@ -200,7 +236,7 @@ def _demo(args: argparse.Namespace, folder: Path, temporary: bool = False) -> in
     rows = [
         [
             "model",
-            f"tiny FLUX hidden {args.hidden}, {args.depth}+{args.depth_single} blocks, {config.variant}",
+            f"tiny {TITLES[arch]} hidden {args.hidden}, {args.depth}+{args.depth_single} blocks, {config.variant}",
         ],
         [
             "parameters ternary",

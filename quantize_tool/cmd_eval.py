@@ -6,6 +6,8 @@ step gets wrong), and per block: the "local" error (student block fed the teache
 input, relative to the teacher block's residual update) and the "stream" error (the student's
 own hidden state after the block, errors accumulated, relative to the teacher's).
 
+Works on FLUX.1 and FLUX.2 (klein, dev) alike; the held-out files must come from the same model.
+
 Examples:
   ternaryflux eval --teacher flux1-dev.safetensors --student flux1-dev-ternary.safetensors --heldout heldout.safetensors
   ternaryflux eval ... --json eval.json
@@ -58,11 +60,17 @@ def run(args: argparse.Namespace) -> int:
     teacher = flux_from_state_dict(src.state_dict(), dtype=torch.float32, device=dev)
     samples, summary = load_calibration(args.heldout, args.max_samples)
     c = teacher.config
-    check_calibration_fits(samples, c)
+    check_calibration_fits(samples, c, args.heldout, args.teacher)
     results = {}
     for path in args.student:
         ckpt = load_checkpoint(path)
         student = flux_from_state_dict(ckpt.state_dict, dtype=torch.float32, device=dev)
+        if student.config.architecture != c.architecture:
+            titles = {"flux": "FLUX.1", "flux2": "FLUX.2"}
+            raise ToolError(
+                f"{path}: a {titles[student.config.architecture]} checkpoint, but --teacher {args.teacher} is "
+                f"{titles[c.architecture]}: eval compares a ternary checkpoint with the float model it was made from"
+            )
         if student.config != teacher.config:
             raise ToolError(f"{path} does not fit {args.teacher}: different architecture")
         seq = WithProgress(samples, f"eval {Path(path).name}", not args.no_progress)

@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         calib_files = expand_calibration_paths(args.calibration)
         samples, summary = load_calibration(calib_files, args.calib_samples, args.seed)
         c = src.config
-        check_calibration_fits(samples, c)
+        check_calibration_fits(samples, c, calib_files, args.source)
     elif args.calibration:
         log.warning("--calibration is ignored by --method %s", args.method)
     log.info(

