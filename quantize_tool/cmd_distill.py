@@ -313,9 +313,7 @@ def _run_streamed(args, dev, ckpt, src, samples, summary, held, cfg: DistillConf
         "calibration": json.dumps(summary, sort_keys=True),
         "cache_dtype": cache_dtype,
         "compute_dtype": str(compute_dtype),
-        "world_size": world.size,
-        "shard": args.shard,
-    }
+    }  # not the world size or --shard: the state is whole, so a run resumes on any number of GPUs
     sd = dict(ckpt.state_dict)
     res = distill_streamed(
         sd,
