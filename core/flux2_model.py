@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from .flux_layers import (
     EmbedND,
     LastLayer,
+    LatentModel,
     MLPEmbedder,
     Modulation,
     QKNorm,
@@ -106,7 +107,7 @@ class Flux2SingleStreamBlock(nn.Module):
         return x + mod.gate * self.linear2(torch.cat((attn, self.mlp_act(mlp)), dim=2))
 
 
-class Flux2(nn.Module):
+class Flux2(LatentModel):
     """The FLUX.2 transformer. ``forward`` takes tokens (BFL signature); :meth:`forward_latent`
     takes a ``[B, 128, H, W]`` latent the way ComfyUI's Flux2 does (patch 1, 4-axis ids)."""
 
@@ -233,17 +234,6 @@ class Flux2(nn.Module):
             "y": y,
             "guidance": guidance,
         }
-
-    def forward_latent(
-        self,
-        x: Tensor,
-        timestep: Tensor,
-        context: Tensor,
-        y: Tensor | None = None,
-        guidance: Tensor | None = None,
-    ) -> Tensor:
-        """ComfyUI's calling convention: latent ``[B, 128, H, W]``, timestep = sigma in [0, 1]."""
-        return self.tokens_to_latent(self.forward(**self.tokens_of(x, timestep, context, y, guidance)), x)
 
     def tokens_of(
         self,

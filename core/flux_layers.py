@@ -193,6 +193,22 @@ def run_blocks(model: nn.Module, stream: dict[str, Tensor]) -> Tensor:
     return model.final_layer(s["x"][:, s["txt"].shape[1] :, ...], s["vec"])
 
 
+class LatentModel(nn.Module):
+    """What FLUX.1 and FLUX.2 share at the latent level: :meth:`forward_latent` (ComfyUI's calling
+    convention) is ``tokens_of`` → ``forward`` → ``tokens_to_latent``, each model's own."""
+
+    def forward_latent(
+        self,
+        x: Tensor,
+        timestep: Tensor,
+        context: Tensor,
+        y: Tensor | None = None,
+        guidance: Tensor | None = None,
+    ) -> Tensor:
+        """Latent ``[B, C, H, W]`` in, velocity in the same layout out; timestep = sigma in [0, 1]."""
+        return self.tokens_to_latent(self.forward(**self.tokens_of(x, timestep, context, y, guidance)), x)
+
+
 class LastLayer(nn.Module):
     def __init__(self, hidden: int, out_channels: int, device=None, dtype=None, bias: bool = True):
         super().__init__()

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from .flux_layers import (  # noqa: F401  (re-exported: the FLUX.1 model's pieces)
     EmbedND,
     LastLayer,
+    LatentModel,
     MLPEmbedder,
     Modulation,
     ModulationOut,
@@ -93,7 +94,7 @@ class SingleStreamBlock(nn.Module):
 # ----------------------------------------------------------------------------- model
 
 
-class Flux(nn.Module):
+class Flux(LatentModel):
     """The FLUX.1 transformer. ``forward`` takes patchified tokens; :meth:`forward_latent` takes
     a ``[B, C, H, W]`` latent the way ComfyUI's FLUX does (same patchify and position ids)."""
 
@@ -199,17 +200,6 @@ class Flux(nn.Module):
             "y": y,
             "guidance": guidance,
         }
-
-    def forward_latent(
-        self,
-        x: Tensor,
-        timestep: Tensor,
-        context: Tensor,
-        y: Tensor | None = None,
-        guidance: Tensor | None = None,
-    ) -> Tensor:
-        """ComfyUI's calling convention: latent ``[B, C, H, W]``, timestep = sigma in [0, 1]."""
-        return self.tokens_to_latent(self.forward(**self.tokens_of(x, timestep, context, y, guidance)), x)
 
     def tokens_of(
         self,
