@@ -39,6 +39,16 @@ from dataclasses import replace
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "distill-memory-cpu.json"
+PRESET_TABLE = RESULTS.with_name("distill-plan-presets-1024.txt")
+# (preset, --max-gpu-memory, PlanSettings overrides) for the preset table at 1024 px
+PRESET_RUNS = [
+    ("flux1-dev", "22GB", {}),
+    ("flux1-schnell", "22GB", {}),
+    ("flux2-klein-4b", "12GB", {}),
+    ("flux2-klein-9b", "24GB", {}),
+    ("flux2-dev", "80GB", {}),
+    ("flux2-dev", "24GB", {"world_size": 4, "batch": 4, "shard": "fsdp"}),
+]
 WORK = Path(tempfile.gettempdir()) / "ternaryflux-distill-memory"
 
 # (name, preset, hidden, resolution, txt_len) — real block counts, scaled width.
@@ -266,12 +276,43 @@ def run_case(preset: str, hidden: int, resolution: int, txt_len: int, phase: str
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def preset_table(path: Path) -> str:
+    """The plan of every preset at 1024 px (bf16 compute and cache, AdamW8bit, 256 samples) and a
+    summary line per preset; written to ``path``."""
+    from ternaryflux.quant.distill_plan import GB, PlanSettings, format_plan, parse_memory, plan_distill
+
+    full, summary = [], []
+    for name, mem, over in PRESET_RUNS:
+        plan = plan_distill(name, settings=PlanSettings(**over))
+        full.append(format_plan(plan, parse_memory(mem)))
+        ph = plan.phases
+        peak = plan.peak_device_bytes("streamed")
+        host = max(ph[n].host_bytes for n in ("cache", "block", "e2e"))
+        tag = f"{name}" + (f" (fsdp x{over['world_size']})" if over else "")
+        summary.append(
+            f"{tag:<26} {mem:>6}  {ph['cache'].device_bytes / GB:7.2f}  {ph['block'].device_bytes / GB:7.2f}  "
+            f"{ph['e2e'].device_bytes / GB:7.2f}  {peak / GB:7.2f}  {'fits' if peak <= parse_memory(mem) else 'NO':>4}  "
+            f"{host / GB:8.2f}  {plan.cache_disk_bytes / GB:8.1f}"
+        )
+    head = (
+        f"{'preset':<26} {'budget':>6}  {'cache':>7}  {'block':>7}  {'e2e':>7}  {'peak':>7}  {'':>4}  "
+        f"{'host max':>8}  {'disk':>8}\n" + "(GB, 1024 px, batch 1 per process, bf16, AdamW8bit, 256 samples)"
+    )
+    text = head + "\n" + "\n".join(summary) + "\n\n" + ("\n" + "=" * 100 + "\n").join(full) + "\n"
+    path.write_text(text)
+    return head + "\n" + "\n".join(summary)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--only", default=None, help="arch:hidden:phase, e.g. flux1:512:block")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--presets", action="store_true", help=f"write the preset table {PRESET_TABLE.name} only")
     args = ap.parse_args(argv)
+    if args.presets:
+        print(preset_table(PRESET_TABLE))
+        return 0
     if args.child:
         preset, hidden, res, txt, phase = args.child.split(":")
         print(json.dumps(child(preset, int(hidden), int(res), int(txt), phase)))
