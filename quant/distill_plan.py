@@ -839,7 +839,7 @@ def plan_distill(
         dev = {
             "trainable": tr,
             "gradients": tr,
-            "optimizer": opt if on_gpu else 0,  # on the CPU the optimizer works on the host copy
+            "optimizer": opt,  # bitsandbytes' load_state_dict deep-copies the host state
             "frozen_packed": packed_all,
             "frozen_float": floats + r.params["frozen_float"],
             "dense": r.dense,
