@@ -50,8 +50,11 @@ from torch.utils._pytree import tree_flatten
 
 from ..core.flux_layout import FLUX2_VARIANTS, Flux2Config, FluxConfig, architecture
 from ..core.flux_model import model_class
-from ..core.packing import packed_2bit_cols, unpack_2bit
-from ..core.ternary_weight import num_groups
+from ..core.packing import packed_2bit_cols
+from ..core.ternary_weight import TernaryWeight, num_groups
+from .distill import STETernaryLinear
+from .distill_streamed import FrozenCodeLinear, block_loss
+from .teacher_cache import STREAM_FIELDS, Stage, block_args, join_for, new_block, stages
 
 GB = 10**9
 GiB = 1 << 30
@@ -85,8 +88,12 @@ COMPONENTS = {
     "activations": "saved activations",
     "transient": "transient peak (backward / no-grad forward)",
     "optimizer_step": "optimizer step temporaries",
-    "read_buffer": "read buffer (one block, source dtype)",
-    "write_buffer": "host staging of one sample's stream",
+    "streams": "every sample's stream at one boundary",
+    "finished_blocks": "finished blocks' latents + optimizer state",
+    "latents_optimizer": "all blocks' latents + optimizer state",
+    "staging": "one block's state copied back (staging)",
+    "read_buffer": "read buffer (one tensor, source dtype)",
+    "write_buffer": "serialised boundary file",
     "whole_files": "whole state dicts (load)",
 }
 
@@ -356,55 +363,6 @@ def saved_tensor_bytes(fn: Callable[[], torch.Tensor], exclude: Iterable[torch.T
     return rec.bytes()
 
 
-class MetaSTELinear(nn.Module):
-    """The block phase's trainable linear (:class:`.distill.STETernaryLinear`'s forward) built
-    from shapes. Same ops, so the same saved tensors."""
-
-    def __init__(self, n: int, k: int, bias: bool, group_size: int, device=None):
-        super().__init__()
-        from .distill import STETernaryLinear
-
-        self.inner = STETernaryLinear(
-            torch.empty(n, k, device=device),
-            torch.ones(n, num_groups(k, group_size), device=device),
-            torch.zeros(n, device=device) if bias else None,
-            group_size,
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
-
-
-class PlanFrozenCodeLinear(nn.Module):
-    """The end-to-end phase's linear as the streamed engine defines it
-    (``distill_streamed.FrozenCodeLinear``): packed codes (frozen buffer), trainable fp32 scale
-    and bias, ``w = (code - 1) * |s|`` materialised in the compute dtype and saved by
-    ``F.linear``. Built from shapes (same ops, so the same saved tensors)."""
-
-    def __init__(self, n: int, k: int, bias: bool, group_size: int, device=None):
-        super().__init__()
-        self.shape = (n, k)
-        self.group_size = group_size
-        self.register_buffer(
-            "packed", torch.full((n, packed_2bit_cols(k)), 0b01010101, dtype=torch.uint8, device=device)
-        )
-        self.scale = nn.Parameter(torch.full((n, num_groups(k, group_size)), 0.02, device=device))
-        self.bias = nn.Parameter(torch.zeros(n, device=device)) if bias else None
-
-    def weight(self, dtype: torch.dtype) -> torch.Tensor:
-        s = self.scale.abs().to(dtype)
-        if self.group_size:
-            s = s.repeat_interleave(self.group_size, dim=1)
-        return (unpack_2bit(self.packed, self.shape[1]).to(dtype) - 1) * s
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-
-
-def _frozen_ternary(n: int, k: int, bias: bool, group_size: int, device) -> nn.Module:
-    return PlanFrozenCodeLinear(n, k, bias, group_size, device)
-
-
 def ternary_linear_paths(module: nn.Module, prefix: str, arch: str, policy: str) -> list[str]:
     a = architecture(arch)
     return [
@@ -421,60 +379,80 @@ def _swap(module: nn.Module, paths: list[str], make: Callable[[nn.Linear], nn.Mo
         setattr(module.get_submodule(parent) if parent else module, name, make(old))
 
 
-def _meta_inputs(config, kind: str, n_img: int, n_txt: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """One sample's block inputs (meta), in the model's ``double_args`` / ``single_args`` order."""
-    h = config.hidden_size
-    d = h // config.num_heads
-    L = n_img + n_txt
+def _effective_group_size(group_size: int) -> Callable[[int], int]:
+    return lambda k: group_size if group_size and k % group_size == 0 else 0
+
+
+def _ste_linear(m: nn.Linear, gs: int, device) -> STETernaryLinear:
+    """The engine's trainable layer (block phase, end-to-end recompute) of ``m``'s shape."""
+    n, k = m.out_features, m.in_features
+    return STETernaryLinear(
+        torch.empty(n, k, device=device),
+        torch.ones(n, num_groups(k, gs), device=device),
+        torch.zeros(n, device=device) if m.bias is not None else None,
+        gs,
+    )
+
+
+def _packed_linear(m: nn.Linear, gs: int, device) -> FrozenCodeLinear:
+    """The engine's forward-only layer of the end-to-end phase (2-bit codes, fp32 scale, bias)."""
+    n, k = m.out_features, m.in_features
+    packed = torch.full((n, packed_2bit_cols(k)), 0b01010101, dtype=torch.uint8, device=device)
+    tw = TernaryWeight(packed, torch.full((n, num_groups(k, gs)), 0.02, device=device), (n, k), gs)
+    lin = FrozenCodeLinear(tw, torch.zeros(n, device=device) if m.bias is not None else None)
+    for p in lin.parameters():
+        p.requires_grad_(False)
+    return lin
+
+
+def _outside_model(config, device="meta") -> nn.Module:
+    """Everything outside the blocks (embedders, final layer, FLUX.2's global modulation)."""
+    with torch.device(device):
+        return model_class(config)(replace(config, depth=0, depth_single_blocks=0), dtype=torch.float32)
+
+
+def _outside_params_bytes(config) -> int:
+    return sum(p.numel() * 4 for p in _outside_model(config).parameters())
+
+
+def meta_stream(config, n_img: int, n_txt: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """One sample's embedded stream on ``meta``, from the model's own ``tokens_of`` / ``embed``
+    (img, txt, vec, pe, FLUX.2's modulations), in the dtype the engine keeps it: ``dtype``
+    (under autocast the stream and the constants are in the compute dtype), ``pe`` float32."""
     md = torch.device("meta")
-    pe = torch.empty(1, 1, L, d // 2, 2, 2, device=md)  # float32 always (rope)
-    if config.architecture == "flux2":
-        if kind == "double":
-            mi = torch.empty(1, 1, 6 * h, device=md, dtype=dtype)
-            mt = torch.empty(1, 1, 6 * h, device=md, dtype=dtype)
-            return (
-                torch.empty(1, n_img, h, device=md, dtype=dtype),
-                torch.empty(1, n_txt, h, device=md, dtype=dtype),
-                mi,
-                mt,
-                pe,
-            )
-        return (
-            torch.empty(1, L, h, device=md, dtype=dtype),
-            torch.empty(1, 1, 3 * h, device=md, dtype=dtype),
-            pe,
-        )
-    vec = torch.empty(1, h, device=md, dtype=dtype)
-    if kind == "double":
-        return (
-            torch.empty(1, n_img, h, device=md, dtype=dtype),
-            torch.empty(1, n_txt, h, device=md, dtype=dtype),
-            vec,
-            pe,
-        )
-    return torch.empty(1, L, h, device=md, dtype=dtype), vec, pe
+    outside = _outside_model(config)
+    p = 4 if config.architecture == "flux" else 2  # a 2x2-token latent: FLUX.1 patch 2, FLUX.2 patch 1
+    x = torch.empty(1, config.in_channels // (4 if config.architecture == "flux" else 1), p, p, device=md)
+    y = torch.empty(1, config.vec_in_dim, device=md) if config.vec_in_dim else None
+    g = torch.empty(1, device=md) if config.guidance_embed else None
+    tok = outside.tokens_of(
+        x, torch.empty(1, device=md), torch.empty(1, 3, config.context_in_dim, device=md), y, g
+    )
+    for k, n in (("img", n_img), ("img_ids", n_img), ("txt", n_txt), ("txt_ids", n_txt)):
+        t = tok[k]
+        tok[k] = torch.empty((t.shape[0], n, *t.shape[2:]), dtype=t.dtype, device=md)
+    with torch.no_grad():
+        st = outside.embed(**tok)
+    return {k: v if k == "pe" else v.to(dtype) for k, v in st.items()}
 
 
-def n_stream_outputs(kind: str) -> int:
-    return 2 if kind == "double" else 1
+def _materialise_stream(st: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    if torch.device(device).type == "meta":
+        return st
+    return {k: (torch.randn(v.shape) * 0.1).to(v.dtype) for k, v in st.items()}
 
 
-def block_loss(outs: tuple[torch.Tensor, ...], targets, inputs) -> torch.Tensor:
-    """The block loss of :func:`.distill._block_loss` (relative error of the residual update)."""
-    loss = torch.zeros((), dtype=torch.float32, device=outs[0].device)
-    for o_s, o_t, x in zip(outs, targets, inputs):
-        upd = (o_t - x).float().pow(2).sum().clamp_min(1e-12)
-        loss = loss + (o_s.float() - o_t.float()).pow(2).sum() / upd
-    return loss
+def _nbytes(ts: Iterable[torch.Tensor]) -> int:
+    return sum(t.untyped_storage().nbytes() for t in ts)
 
 
 @dataclass
 class StepCount:
-    """What one training step of a module allocates (bytes)."""
+    """What one step of a module allocates (bytes)."""
 
     params: dict[str, int]  # trainable: latent / scale / bias; frozen_float; frozen_packed
     param_numels: list[int]  # trainable tensors' sizes (optimizer state)
-    stream: int  # inputs + targets of the step
+    stream: int  # the block's inputs (+ targets or output gradients) of the step
     saved: int  # saved for backward, without dense weights
     dense: int  # dense weights saved (STE forward)
     peak: int  # simulated peak of everything the step allocates
@@ -501,12 +479,8 @@ def _param_split(module: nn.Module) -> tuple[dict[str, int], list[int]]:
     return out, numels
 
 
-def _new_block(config, kind: str) -> nn.Module:
-    cls = model_class(config)
-    with torch.device("meta"):
-        return (cls.new_double_block if kind == "double" else cls.new_single_block)(
-            config, dtype=torch.float32
-        )
+def _stage(kind: str) -> Stage:
+    return Stage(f"{kind}_blocks.0", kind)
 
 
 def count_block_step(
@@ -520,84 +494,92 @@ def count_block_step(
     compute_dtype: torch.dtype,
     linear: str = "ste",
     grad: bool = True,
+    loss: str = "block",
     optimizer: str | None = None,
     device: str = "meta",
 ) -> StepCount:
     """Build one ``kind`` ("double" | "single") block of ``config`` on ``device`` (meta: no
-    memory), make its ternary linears trainable (``linear="ste"``: latent + scale + bias) or
-    frozen-packed (``"packed"``: trainable scale + bias), and count one step: block loss on one
-    sample, backward (gradients pre-allocated: the steady state of gradient accumulation)."""
+    memory) with the engine's layers — ``linear="ste"``: :class:`STETernaryLinear` (trainable
+    latent + scale + bias), ``"packed"``: :class:`FrozenCodeLinear` (frozen 2-bit codes, the
+    end-to-end forward), ``"float"``: the teacher's ``nn.Linear`` — and count one step of one
+    sample on the engine's stream (:func:`meta_stream`, :func:`.teacher_cache.block_args`):
+    ``loss="block"``: the block phase (:func:`.distill_streamed.block_loss`, backward, gradients
+    pre-allocated: the steady state of accumulation); ``loss="grad"``: the end-to-end recompute
+    (stream inputs require grad, backward from given output gradients); ``grad=False``: a
+    no-grad forward."""
     dev = torch.device(device)
+    stage = _stage(kind)
     with torch.device(dev):
-        block = _new_block(config, kind) if dev.type == "meta" else None
-        if block is None:
-            cls = model_class(config)
-            block = (cls.new_double_block if kind == "double" else cls.new_single_block)(
-                config, dtype=torch.float32
-            )
-    prefix = f"{kind}_blocks.0."
-    paths = ternary_linear_paths(block, prefix, config.architecture, policy)
+        block = new_block(config, stage, dtype=torch.float32)
+    paths = ternary_linear_paths(block, stage.prefix, config.architecture, policy)
     for p in block.parameters():
         p.requires_grad_(False)
     gs = _effective_group_size(group_size)
     if linear == "ste":
-        _swap(
-            block,
-            paths,
-            lambda m: MetaSTELinear(
-                m.out_features, m.in_features, m.bias is not None, gs(m.in_features), dev
-            ),
-        )
-    else:
-        _swap(
-            block,
-            paths,
-            lambda m: _frozen_ternary(
-                m.out_features, m.in_features, m.bias is not None, gs(m.in_features), dev
-            ),
-        )
-    if dev.type != "meta":
+        _swap(block, paths, lambda m: _ste_linear(m, gs(m.in_features), dev))
+        if dev.type != "meta":
+            with torch.no_grad():
+                for m in block.modules():
+                    if isinstance(m, STETernaryLinear):
+                        m.latent.normal_(0, 0.02)
+                        m.scale.fill_(0.02)
+    elif linear == "packed":
+        _swap(block, paths, lambda m: _packed_linear(m, gs(m.in_features), dev))
+    elif linear != "float":
+        raise ValueError(f"linear {linear!r}: expected 'ste', 'packed' or 'float'")
+    if dev.type != "meta" and linear != "ste":
         with torch.no_grad():
-            for m in block.modules():
-                if isinstance(m, MetaSTELinear):
-                    m.inner.latent.normal_(0, 0.02)
-                    m.inner.scale.fill_(0.02)
+            for p in block.parameters():
+                p.normal_(0, 0.02)
     params, numels = _param_split(block)
     if not grad:
         for p in block.parameters():
             p.requires_grad_(False)
-    inputs = _meta_inputs(config, kind, n_img, n_txt, compute_dtype)
-    if dev.type != "meta":
-        inputs = tuple(torch.randn(t.shape, dtype=t.dtype) * 0.1 for t in inputs)
-    targets = tuple(
-        torch.empty_like(t) if dev.type == "meta" else t + 0.01 for t in inputs[: n_stream_outputs(kind)]
-    )
-    stream = sum(t.untyped_storage().nbytes() for t in (*inputs, *targets))
+    st = _materialise_stream(meta_stream(config, n_img, n_txt, compute_dtype), dev)
+    stream = join_for(stage, st)
+    args = block_args(config, stage, stream)
+    n_out = len(stage.fields)
+    extra: list[torch.Tensor] = []
+    if grad and loss == "grad":
+        args = tuple(a.detach().requires_grad_(True) if i < n_out else a for i, a in enumerate(args))
+        extra = [torch.empty_like(a) if dev.type == "meta" else torch.randn_like(a) for a in args[:n_out]]
+    elif grad:
+        target = {
+            f: torch.empty_like(a) if dev.type == "meta" else a + 0.01 for f, a in zip(stage.fields, args)
+        }
+        extra = list(target.values())
+    stream_bytes = _nbytes({_storage_key(t): t for t in (*args, *extra)}.values())
     trainable = [p for p in block.parameters() if p.requires_grad]
     for p in trainable:
         p.grad = torch.zeros_like(p)
-    exclude = [*block.parameters(), *block.buffers(), *inputs, *targets]
+    exclude = [*block.parameters(), *block.buffers(), *args, *extra]
     rec = SavedTensors(exclude)
-    dense_shapes = {tuple(m.inner.latent.shape) for m in block.modules() if isinstance(m, MetaSTELinear)}
+    dense_shapes = {tuple(m.latent.shape) for m in block.modules() if isinstance(m, STETernaryLinear)}
     mode = LiveBytes(exclude + [p.grad for p in trainable])
     with fused_attention_on_meta(), mode:
         if grad:
             with rec.hooks():
-                outs = block(*inputs)
-                outs = outs if isinstance(outs, tuple) else (outs,)
-                loss = block_loss(outs, targets, inputs)
-            del outs
-            loss.backward()
-            del loss
+                out = block(*args)
+                outs = out if isinstance(out, tuple) else (out,)
+                if loss == "block":
+                    lo = block_loss(out, args, target, stage)
+            del out
+            if loss == "block":
+                del outs
+                lo.backward()
+                del lo
+            else:
+                torch.autograd.backward(outs, extra)
+                del outs
         else:
             with torch.no_grad():
-                block(*inputs)
+                block(*args)
     dense = rec.bytes(lambda shape: shape in dense_shapes)
     saved = rec.bytes() - dense
     opt_step = 0
     if grad and optimizer == "adamw" and trainable:
         opt_step = _adamw_step_peak(trainable, foreach=True)
-    return StepCount(params, numels, stream, saved, dense, mode.peak, opt_step)
+    return StepCount(params, numels, stream_bytes, saved, dense, mode.peak, opt_step)
 
 
 def _adamw_step_peak(params: list[torch.Tensor], foreach: bool) -> int:
@@ -610,57 +592,24 @@ def _adamw_step_peak(params: list[torch.Tensor], foreach: bool) -> int:
     return mode.peak
 
 
-def _effective_group_size(group_size: int) -> Callable[[int], int]:
-    return lambda k: group_size if group_size and k % group_size == 0 else 0
-
-
-def count_e2e_step(
-    config, *, policy: str, group_size: int, n_img: int, n_txt: int, compute_dtype: torch.dtype
-):
-    """The end-to-end student on meta: packed frozen codes, trainable scales + biases, every
-    block under non-reentrant checkpointing; one velocity-loss step. Returns
-    (params, numels, stream, retained-after-forward, peak)."""
-    cls = model_class(config)
-    with torch.device("meta"):
-        model = cls(config, dtype=torch.float32)
-    paths = ternary_linear_paths(model, "", config.architecture, policy)
-    for p in model.parameters():
+def _final_layer_peak(config, n_img: int, n_txt: int, compute_dtype: torch.dtype) -> int:
+    """Simulated peak of the end-to-end loss through the final layer (forward + backward to the
+    last block's output), one sample, meta."""
+    outside = _outside_model(config)
+    for p in outside.parameters():
         p.requires_grad_(False)
-    gs = _effective_group_size(group_size)
-    meta = torch.device("meta")
-    _swap(
-        model,
-        paths,
-        lambda m: _frozen_ternary(m.out_features, m.in_features, m.bias is not None, gs(m.in_features), meta),
-    )
-    params, numels = _param_split(model)
-    for p in model.parameters():
-        if p.requires_grad:
-            p.grad = torch.zeros_like(p)
-    cd = compute_dtype
+    st = meta_stream(config, n_img, n_txt, compute_dtype)
     h = config.hidden_size
-    L = n_img + n_txt
-    img = torch.empty(1, n_img, config.in_channels, device=meta, dtype=cd)
-    txt = torch.empty(1, n_txt, config.context_in_dim, device=meta, dtype=cd)
-    n_axes = len(config.axes_dim)
-    ids = torch.empty(1, L, n_axes, device=meta)
-    t = torch.empty(1, device=meta)
-    y = torch.empty(1, config.vec_in_dim, device=meta, dtype=cd) if config.vec_in_dim else None
-    target = torch.empty(1, n_img, config.out_channels, device=meta, dtype=torch.float32)
-    stream = sum(x.untyped_storage().nbytes() for x in (img, txt, ids, t, target) if x is not None)
-    if y is not None:
-        stream += y.untyped_storage().nbytes()
-    _ = h
-    from torch.utils.checkpoint import checkpoint
-
-    pre = [*model.parameters(), *model.buffers(), *(p.grad for p in model.parameters() if p.grad is not None)]
-    mode = LiveBytes([*pre, *(x for x in (img, txt, ids, t, y, target) if x is not None)])
-    with fused_attention_on_meta(), mode:
-        loss = e2e_loss(model, img, ids, txt, t, y, target, n_txt, checkpoint, dtype=cd)
-        retained = mode.current
-        loss.backward()
-        del loss
-    return params, numels, stream, retained, mode.peak
+    last = torch.empty(1, n_img + n_txt, h, device="meta", dtype=compute_dtype).requires_grad_(True)
+    target = torch.empty(1, n_img, config.out_channels, device="meta")
+    mode = LiveBytes([*outside.parameters(), *outside.buffers(), last, target, *st.values()])
+    with mode:
+        o = outside.final_layer(last[:, n_txt:], st["vec"])
+        lo = (o.float() - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-12)
+        del o
+        lo.backward()
+        del lo
+    return mode.peak
 
 
 # --------------------------------------------------------------------------- the plan
@@ -677,6 +626,14 @@ def _block_linear_numels(block: nn.Module, paths: list[str], group_size: int) ->
         numels += parts
         total += 4 * sum(parts)
     return total, numels
+
+
+def _packed_bytes(block: nn.Module, paths: list[str]) -> int:
+    """2-bit codes of the ternary linears (runtime layout)."""
+    return sum(
+        block.get_submodule(p).out_features * packed_2bit_cols(block.get_submodule(p).in_features)
+        for p in paths
+    )
 
 
 def _model_counts(config, policy: str) -> tuple[int, int]:
@@ -725,86 +682,99 @@ def plan_distill(
     cb, kb, sb = (torch.empty((), dtype=d).element_size() for d in (cd, kd, sd))
     on_gpu = s.device == "cuda"
     W = s.world_size
+    n_local = s.batch // W  # samples per process and step
     params_total, params_ternary = _model_counts(config, policy)
+    cls = model_class(config)
+    with torch.device("meta"):
+        model_meta = cls(config, dtype=torch.float32)
+    paths = ternary_linear_paths(model_meta, "", config.architecture, policy)
+    sts = stages(config)
+    n_blocks = len(sts)
+    depth = {"double": config.depth, "single": config.depth_single_blocks}
+    kinds = [k for k in ("double", "single") if depth[k]]
+    kw = dict(policy=policy, group_size=group_size, n_img=n_img, n_txt=txt)
 
-    # ---- per-block counts (double, single) --------------------------------------------------
-    kinds = [k for k, d in (("double", config.depth), ("single", config.depth_single_blocks)) if d]
-    counts = {}
-    for kind in kinds:
-        counts[kind] = count_block_step(
-            config,
-            kind,
-            policy=policy,
-            group_size=group_size,
-            n_img=n_img,
-            n_txt=txt,
-            compute_dtype=cd,
-            optimizer=s.optimizer if on_gpu else None,
+    # ---- counts per block kind (meta) ---------------------------------------------------------
+    counts = {
+        k: count_block_step(config, k, compute_dtype=cd, optimizer=s.optimizer if on_gpu else None, **kw)
+        for k in kinds
+    }
+    recompute = {k: count_block_step(config, k, compute_dtype=cd, loss="grad", **kw) for k in kinds}
+    teacher_fwd = {
+        k: count_block_step(config, k, compute_dtype=torch.float32, linear="float", grad=False, **kw)
+        for k in kinds
+    }
+    packed_fwd = {
+        k: count_block_step(config, k, compute_dtype=cd, linear="packed", grad=False, **kw) for k in kinds
+    }
+    blk_state = {}  # kind -> (latent+scale+bias bytes, optimizer bytes, largest tensor numel)
+    for k in kinds:
+        blk = model_meta.get_submodule(f"{k}_blocks.0")
+        bp = ternary_linear_paths(blk, f"{k}_blocks.0.", config.architecture, policy)
+        tr, numels = _block_linear_numels(blk, bp, group_size)
+        blk_state[k] = (
+            tr,
+            optimizer_state_bytes(numels, s.optimizer),
+            max(p.numel() for p in blk.parameters()),
         )
-    nograd = {
-        kind: count_block_step(
-            config,
-            kind,
-            policy=policy,
-            group_size=group_size,
-            n_img=n_img,
-            n_txt=txt,
-            compute_dtype=torch.float32,
-            grad=False,
-        )  # fmt: skip
-        for kind in kinds
-    }
+    all_blocks = sum(depth[k] * (blk_state[k][0] + blk_state[k][1]) for k in kinds)
 
-    # ---- teacher cache ----------------------------------------------------------------------
-    const = {"vec": h * 4, "pe": L * (h // config.num_heads // 2) * 4 * 4}
-    if config.architecture == "flux2":
-        const.update(mod_img=6 * h * kb, mod_txt=6 * h * kb, mod_single=3 * h * kb)
-    n_bound = config.depth + config.depth_single_blocks + 1
+    # ---- teacher cache (quant/teacher_cache.py: build_teacher_cache) ---------------------------
+    st1 = meta_stream(config, n_img, txt, kd)
+    st32 = meta_stream(config, n_img, txt, torch.float32)
+    const_b = _nbytes(v for k, v in st32.items() if k not in STREAM_FIELDS)
+    n_bound = n_blocks + 1
     boundary = L * h * kb
-    velocity = n_img * config.out_channels * kb
-    cache_files = {"const": sum(const.values()), "boundaries": n_bound * boundary, "velocity": velocity}
+    velocity = n_img * config.out_channels * 4
+    cache_files = {"const": const_b, "boundaries": n_bound * boundary, "velocity": velocity}
     per_sample = sum(cache_files.values())
+    _ = st1
+    teacher_block = {
+        k: sum(p.numel() * 4 for p in model_meta.get_submodule(f"{k}_blocks.0").parameters()) for k in kinds
+    }
+    largest = max(blk_state[k][2] for k in kinds)
+    N_s = s.num_samples
+    phases: dict[str, PhasePlan] = {}
 
-    teacher_block = {}
-    for kind in kinds:
-        blk = _new_block(config, kind)
-        teacher_block[kind] = sum(p.numel() * 4 for p in blk.parameters())
-    worst_t = max(kinds, key=lambda k: teacher_block[k])
-    sample_stream = (
-        L * h + const["vec"] // 4 + (9 * h if config.architecture == "flux2" else 0)
-    ) * 4 + const["pe"]
-    cache_dev = {
-        "frozen_float": teacher_block[worst_t] + _outside_params_bytes(config),
-        "stream": sample_stream,
-        "transient": nograd[worst_t].peak,
-    }
-    cache_host = {
-        "read_buffer": (teacher_block[worst_t] // 4) * sb if on_gpu or sb != 4 else 0,
-        "write_buffer": boundary,
-    }
-    phases = {
-        "cache": PhasePlan(
+    def cache_phase(k: str) -> PhasePlan:
+        dev = {
+            "frozen_float": teacher_block[k] + _outside_params_bytes(config),
+            "stream": teacher_fwd[k].stream,
+            "transient": teacher_fwd[k].peak,
+        }
+        host = {
+            # every sample's stream, input (float32 at the first block) and output (cache dtype)
+            "streams": N_s * (L * h * (4 + kb) + const_b),
+            "write_buffer": N_s * boundary,  # safetensors serialises a boundary file in memory
+            "read_buffer": largest * (sb + (4 if on_gpu else 0)),  # one tensor read, as float32
+        }
+        return PhasePlan(
             "cache",
             "teacher cache build",
-            cache_dev,
-            cache_host,
-            [f"worst block: {worst_t} (fp32 teacher block + embedders/final layer)"],
+            dev,
+            host,
+            [
+                f"worst block: {k} (fp32 teacher block + embedders/final layer on the device, one sample at a time)",
+                f"host: the streams of all {N_s} samples at one boundary (input and output)",
+            ],
         )
-    }
 
-    # ---- block phase (worst block) ----------------------------------------------------------
+    cphases = {k: cache_phase(k) for k in kinds}
+    phases["cache"] = cphases[max(kinds, key=lambda k: cphases[k].device_bytes)]
+
+    # ---- block phase (quant/distill_streamed.py: _block_phase), worst block -------------------
     def block_phase(kind: str) -> PhasePlan:
         c = counts[kind]
-        tr = c.params["trainable"]
-        numels = c.param_numels
-        opt = optimizer_state_bytes(numels, s.optimizer)
+        tr, opt, _ = blk_state[kind]
+        act = c.saved + c.dense + c.transient
         dev = {
             "trainable": tr,
             "gradients": tr,
             "optimizer": opt,
             "frozen_float": c.params["frozen_float"],
             "dense": c.dense,
-            "stream": c.stream,
+            # the cache is read as float32: the block's inputs (teacher_fwd) + the target
+            "stream": teacher_fwd[kind].stream + L * h * 4,
             "activations": c.saved,
             "transient": c.transient,
         }
@@ -820,59 +790,84 @@ def plan_distill(
                 f"fsdp over {W}: latents/grads/optimizer state sharded, but one block's params are all-gathered "
                 "for compute and its full gradient exists before reduce-scatter"
             )
-        extra = max(0, c.opt_step - (c.saved + c.dense + c.transient))
+        extra = max(0, c.opt_step - act)
         if extra:
             dev["optimizer_step"] = extra
-        host = {
-            "read_buffer": (teacher_block[kind] // 4) * sb if on_gpu else 0,
-            "write_buffer": (c.stream if on_gpu else 0),
-        }
+        host = {"finished_blocks": all_blocks - tr - opt}
+        if on_gpu:
+            host["staging"] = tr + opt  # the finished block's state copied to the host
+            host["read_buffer"] = largest * (sb + 4)
+        else:  # the copy is made after the backward: counts only beyond the activations
+            host["staging"] = max(0, tr + opt - act)
+        notes.append(
+            "host: latents + optimizer state of the finished blocks (all but this one at the last block)"
+        )
         return PhasePlan("block", f"block phase ({kind} block)", dev, host, notes)
 
     bphases = {k: block_phase(k) for k in kinds}
     worst = max(kinds, key=lambda k: bphases[k].device_bytes)
     phases["block"] = bphases[worst]
 
-    # ---- end-to-end phase -------------------------------------------------------------------
-    e_params, e_numels, e_stream, e_retained, e_peak = count_e2e_step(
-        config, policy=policy, group_size=group_size, n_img=n_img, n_txt=txt, compute_dtype=cd
-    )
-    e_opt = optimizer_state_bytes(e_numels, s.optimizer)
-    phases["e2e"] = PhasePlan(
-        "e2e",
-        "end-to-end phase",
-        {
-            "trainable": e_params["trainable"],
-            "gradients": e_params["trainable"],
-            "optimizer": e_opt,
-            "frozen_packed": e_params["frozen_packed"],
-            "frozen_float": e_params["frozen_float"],
-            "stream": e_stream,
-            "activations": e_retained,
-            "transient": max(0, e_peak - e_retained),
-        },
-        {"read_buffer": (max(teacher_block.values()) // 4) * sb if on_gpu else 0},
-        [
-            "activations = block-boundary stream kept by checkpointing; transient = one block's recompute + backward"
-        ],
-    )
-
-    # ---- resident (quant/distill.py) --------------------------------------------------------
-    teacher_all = params_total * 4
-    all_tr_bytes, all_numels = 0, []
-    model_meta = None
-    cls = model_class(config)
-    with torch.device("meta"):
-        model_meta = cls(config, dtype=torch.float32)
-    paths = ternary_linear_paths(model_meta, "", config.architecture, policy)
-    all_tr_bytes, all_numels = _block_linear_numels(model_meta, paths, group_size)
-    frozen_student = params_total * 4 - 4 * sum(model_meta.get_submodule(p).weight.numel() for p in paths)
-    frozen_student -= 4 * sum(
+    # ---- end-to-end phase (quant/distill_streamed.py: _e2e_phase), paged -----------------------
+    st_cd = meta_stream(config, n_img, txt, cd)
+    const_cd = _nbytes(v for k, v in st_cd.items() if k not in STREAM_FIELDS)
+    bound_cd = L * h * cb  # one block input / boundary gradient of one sample (double: img + txt)
+    packed_all = _packed_bytes(model_meta, paths)
+    tern_w = sum(model_meta.get_submodule(p).weight.numel() for p in paths)
+    tern_b = sum(
         model_meta.get_submodule(p).bias.numel()
         for p in paths
         if model_meta.get_submodule(p).bias is not None
     )
-    depth = {"double": config.depth, "single": config.depth_single_blocks}
+    gs = _effective_group_size(group_size)
+    scales = sum(
+        model_meta.get_submodule(p).out_features
+        * num_groups(model_meta.get_submodule(p).in_features, gs(model_meta.get_submodule(p).in_features))
+        for p in paths
+    )
+    floats = 4 * (params_total - tern_w) + 4 * scales  # non-ternary weights (fp32), scales, biases
+    _ = tern_b
+    final_peak = _final_layer_peak(config, n_img, txt, cd)
+
+    def e2e_phase(kind: str) -> PhasePlan:
+        # the backward of the last block of this kind: the inputs of every block up to it are kept
+        last = config.depth if kind == "double" else n_blocks
+        r = recompute[kind]
+        tr, opt, _ = blk_state[kind]
+        act = r.saved + r.dense + r.transient
+        fwd = max(packed_fwd[k].peak for k in kinds)
+        dev = {
+            "trainable": tr,
+            "gradients": tr,
+            "optimizer": opt,  # bitsandbytes' load_state_dict deep-copies the host state
+            "frozen_packed": packed_all,
+            "frozen_float": floats + r.params["frozen_float"],
+            "dense": r.dense,
+            # every block's input of each local sample (up to this block) + constants, the boundary
+            # gradient of each sample and of the one being recomputed
+            "stream": n_local * (last * bound_cd + const_cd) + (n_local + 1) * bound_cd,
+            "activations": r.saved,
+            "transient": max(r.transient, fwd, final_peak),
+        }
+        host = {"latents_optimizer": all_blocks, "staging": tr + opt if on_gpu else max(0, tr + opt - act)}
+        return PhasePlan(
+            "e2e",
+            "end-to-end phase (paged)",
+            dev,
+            host,
+            [
+                f"worst: backward of the last {kind} block; device: packed student + one block's training state",
+                "host: latent weights + optimizer state of all blocks (paged to the device one block at a time)",
+            ],
+        )
+
+    ephases = {k: e2e_phase(k) for k in kinds}
+    phases["e2e"] = ephases[max(kinds, key=lambda k: ephases[k].device_bytes)]
+
+    # ---- resident (quant/distill.py) --------------------------------------------------------
+    teacher_all = params_total * 4
+    all_tr_bytes, all_numels = _block_linear_numels(model_meta, paths, group_size)
+    frozen_student = params_total * 4 - 4 * tern_w - 4 * tern_b
     res_saved = sum(depth[k] * (counts[k].saved + counts[k].dense) for k in kinds)
     res_capture = sum(
         depth[k] * counts[k].stream for k in kinds
@@ -896,7 +891,12 @@ def plan_distill(
     phases["resident_e2e"] = PhasePlan(
         "resident_e2e",
         "resident: end-to-end phase",
-        {**base, "stream": e_stream, "activations": res_saved, "transient": res_transient},
+        {
+            **base,
+            "stream": n_local * (n_blocks * bound_cd + const_cd),
+            "activations": res_saved,
+            "transient": res_transient,
+        },
         dict(res_host),
         ["no checkpointing: the student's activations of every block"],
     )
@@ -914,37 +914,6 @@ def plan_distill(
         cache_files=cache_files,
         worst_block=worst,
     )
-
-
-def _outside_model(config) -> nn.Module:
-    """Everything outside the blocks (embedders, final layer, FLUX.2's global modulation), meta."""
-    with torch.device("meta"):
-        return model_class(config)(replace(config, depth=0, depth_single_blocks=0), dtype=torch.float32)
-
-
-def _outside_params_bytes(config) -> int:
-    return sum(p.numel() * 4 for p in _outside_model(config).parameters())
-
-
-def e2e_loss(model, img, ids, txt, t, y, target, n_txt: int, checkpoint, dtype=None) -> torch.Tensor:
-    """One end-to-end step's loss: embed, every block under ``checkpoint`` (non-reentrant),
-    final layer, relative velocity error against ``target`` (token layout)."""
-    s = model.embed(
-        img, ids[:, n_txt:], txt, ids[:, :n_txt], t, y, t if model.config.guidance_embed else None
-    )
-    if dtype is not None:
-        s = {k: v.to(dtype) if k != "pe" else v for k, v in s.items()}
-    for block in model.double_blocks:
-        s["img"], s["txt"] = checkpoint(
-            block, *model.double_args(s), use_reentrant=False, preserve_rng_state=False
-        )
-    s["x"] = torch.cat((s["txt"], s["img"]), dim=1)
-    del s["img"], s["txt"]
-    for block in model.single_blocks:
-        s["x"] = checkpoint(block, *model.single_args(s), use_reentrant=False, preserve_rng_state=False)
-    vs = model.final_layer(s["x"][:, n_txt:], s["vec"])
-    del s
-    return (vs.float() - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-12)
 
 
 # --------------------------------------------------------------------------- formatting

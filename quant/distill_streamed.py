@@ -281,6 +281,18 @@ def _optimizer(module: nn.Module, cfg: DistillConfig, counter: dict[str, Any]) -
     return opt
 
 
+def block_loss(out, args: tuple, target: dict[str, torch.Tensor], stage: Stage) -> torch.Tensor:
+    """The block phase's loss of one sample: the error of the block's outputs ``out`` relative to
+    the teacher's residual update (``target`` minus the block's stream inputs ``args``)."""
+    outs = out if isinstance(out, tuple) else (out,)
+    loss = torch.zeros((), dtype=torch.float32, device=outs[0].device)
+    for i, f in enumerate(stage.fields):
+        o_t = target[f]
+        upd = (o_t - args[i]).float().pow(2).sum().clamp_min(1e-12)
+        loss = loss + (outs[i].float() - o_t.float()).pow(2).sum() / upd
+    return loss
+
+
 def _set_lr(opt: torch.optim.Optimizer, factor: float) -> None:
     for g in opt.param_groups:
         g["lr"] = g["base_lr"] * factor
@@ -302,12 +314,16 @@ def _block_phase(
     bar: tqdm,
     history: list[dict[str, Any]],
     host: dict[int, dict[str, Any]],
+    only: Sequence[int] | None = None,
 ) -> bool:
     """Train each block on its cached input/output pairs; ``host[b]`` receives block ``b``'s
-    trainable tensors and optimizer state (the end-to-end phase continues from them)."""
+    trainable tensors and optimizer state (the end-to-end phase continues from them).
+    ``only``: train just these block indices (``bench/distill_memory.py`` runs one block)."""
     sts = stages(cfg_model)
     nb = cfg.n_block_steps
     for b, stage in enumerate(sts):
+        if only is not None and b not in only:
+            continue
         if state.block_file(b).is_file():
             saved = torch.load(state.block_file(b), map_location="cpu", weights_only=False)
             sd.update(saved["export"])
@@ -340,13 +356,7 @@ def _block_phase(
             target = cache.boundary(b + 1, j, device)
             with _autocast(device, compute_dtype):
                 out = block(*args)
-            outs = out if isinstance(out, tuple) else (out,)
-            loss = torch.zeros((), dtype=torch.float32, device=device)
-            for i, f in enumerate(stage.fields):
-                o_t = target[f]
-                upd = (o_t - args[i]).float().pow(2).sum().clamp_min(1e-12)
-                loss = loss + (outs[i].float() - o_t.float()).pow(2).sum() / upd
-            return loss / len(sts)
+            return block_loss(out, args, target, stage) / len(sts)
 
         for step in range(start, nb):
             _set_lr(opt, _lr_factor(step, nb))

@@ -272,7 +272,7 @@ def build_teacher_cache(
         for s in samples:
             st = skeleton.embed(**skeleton.tokens_of(**s.as_inputs(device, torch.float32)))
             txt_len.append(int(st["txt"].shape[1]))
-            streams.append(st)
+            streams.append({k: v.cpu() for k, v in st.items()})  # every sample's stream: on the host
         const_names = [k for k in streams[0] if k not in STREAM_FIELDS]
         if not (folder / "const.safetensors").is_file():
             _atomic_save(
@@ -310,32 +310,38 @@ def build_teacher_cache(
                 bar.update(1)
                 continue
             if cur is None:
-                cur = [reader_cache.boundary(b, j, device) for j in range(len(samples))]
+                cur = [reader_cache.boundary(b, j, "cpu", None) for j in range(len(samples))]
             with torch.device("meta"):
                 block = new_block(cfg, stage, dtype=torch.float32)
             block = _load_module(block, src, stage.prefix, device)
             nxt = []
             for j, c in enumerate(cur):
                 stream = join_for(
-                    stage, {**consts[j], **{f: t.to(device, torch.float32) for f, t in c.items()}}
+                    stage,
+                    {
+                        **{k: t.to(device) for k, t in consts[j].items()},
+                        **{f: t.to(device, torch.float32) for f, t in c.items()},
+                    },
                 )
                 out = block(*block_args(cfg, stage, stream))
                 out = out if isinstance(out, tuple) else (out,)
-                nxt.append(dict(zip(stage.fields, out)))
+                # to the host in the stored dtype at once: the device holds one sample's stream
+                nxt.append({f: t.to("cpu", cast) for f, t in zip(stage.fields, out)})
+                del stream, out
             del block
             save_boundary(b + 1, nxt)
-            # the next stage reads what was stored (the same rounding as a resumed build)
-            cur = (
-                nxt if cast == torch.float32 else [{f: t.to(cast).float() for f, t in o.items()} for o in nxt]
-            )
+            # the next stage reads what was stored (the same rounding as a resumed build);
+            # it converts each sample back to float32 on the device
+            cur = nxt
             bar.update(1)
         if cur is None:
-            cur = [reader_cache.boundary(len(sts), j, device) for j in range(len(samples))]
+            cur = [reader_cache.boundary(len(sts), j, "cpu", None) for j in range(len(samples))]
         if not (folder / "velocity.safetensors").is_file():
             vel = {}
             for j, s in enumerate(samples):
-                stream = {**consts[j], **{f: t.to(device, torch.float32) for f, t in cur[j].items()}}
-                out = skeleton.final_layer(final_tokens(stream, txt_len[j]), consts[j]["vec"])
+                const = {k: t.to(device) for k, t in consts[j].items()}
+                stream = {**const, **{f: t.to(device, torch.float32) for f, t in cur[j].items()}}
+                out = skeleton.final_layer(final_tokens(stream, txt_len[j]), const["vec"])
                 vel[f"s{j}"] = skeleton.tokens_to_latent(out, s.x).float().contiguous().cpu()
             _atomic_save(vel, folder / "velocity.safetensors")
         bar.close()
