@@ -168,9 +168,9 @@ def _materialize_(model: nn.Module, device: torch.device | str, seed: int) -> nn
 def random_bf16_flux(
     config: FluxConfig, device: torch.device | str, dtype: torch.dtype = torch.bfloat16, seed: int = 0
 ) -> Flux:
-    """A dense FLUX with seeded random weights, allocated straight on ``device``."""
+    """A dense FLUX (or FLUX.2) with seeded random weights, allocated straight on ``device``."""
     with torch.device("meta"):
-        model = Flux(config, dtype=dtype)
+        model = model_class(config)(config, dtype=dtype)
     return _materialize_(model, device, seed)
 
 
@@ -180,11 +180,13 @@ def random_ternary_flux(
     dtype: torch.dtype = torch.bfloat16,
     seed: int = 0,
     group_size: int = 0,
+    policy: str | None = None,
 ) -> Flux:
-    """A ternary FLUX (every block Linear a :class:`TernaryLinear`) with random packed codes and
-    scales generated on ``device``; embedders, norms, biases and the final layer in ``dtype``.
+    """A ternary FLUX or FLUX.2 (every layer of ``policy`` — None: the architecture's default —
+    a :class:`TernaryLinear` with ``group_size`` scales) with random packed codes and scales
+    generated on ``device``; embedders, norms, biases and the final layer in ``dtype``.
     No dense block weight is ever allocated."""
-    model = meta_ternary_flux(config, dtype, group_size)
+    model = meta_ternary_flux(config, dtype, group_size, policy)
     return _materialize_(model, device, seed)
 
 
@@ -310,13 +312,17 @@ def dense_file_size(config: FluxConfig, dtype: torch.dtype = torch.bfloat16) -> 
 
 
 def resident_weight_bytes(
-    config: FluxConfig, ternary: bool, dtype: torch.dtype = torch.bfloat16, group_size: int = 0
+    config: FluxConfig,
+    ternary: bool,
+    dtype: torch.dtype = torch.bfloat16,
+    group_size: int = 0,
+    policy: str | None = None,
 ) -> int:
     """Bytes the model's weights occupy on a device, from shapes (no allocation)."""
     if ternary:
-        return model_bytes(meta_ternary_flux(config, dtype, group_size))
+        return model_bytes(meta_ternary_flux(config, dtype, group_size, policy))
     with torch.device("meta"):
-        return model_bytes(Flux(config, dtype=dtype))
+        return model_bytes(model_class(config)(config, dtype=dtype))
 
 
 def config_dict(config: FluxConfig) -> dict:

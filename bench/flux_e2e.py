@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""End-to-end FLUX.1-dev benchmark: bf16 vs ternary, side by side, on one GPU.
+"""End-to-end FLUX benchmark (FLUX.1-dev, or FLUX.2 [klein] 4B): bf16 vs ternary, side by side, on one GPU.
 
 Builds the full FLUX.1-dev transformer (hidden 3072, 19 double + 38 single blocks) directly on
 the GPU with seeded random weights, twice: a dense bf16 model and a ternary model made straight
@@ -22,11 +22,25 @@ Goals (H100, figures not asserts; printed in the "goal" column):
   * step latency <= 0.85x bf16 with A8, <= 1.1x bf16 with A16;
   * checkpoint <= 3.1 GB at 2 bits, <= 2.55 GB at rest (base3).
 
+``--model flux2-klein-4b`` does the same for FLUX.2 [klein] 4B (hidden 3072, 5 double + 20
+single blocks, SwiGLU, global modulation): the ternary model holds the ``blocks`` policy (block
+Linears ternary, the three global modulation Linears, embedders and final layer bf16: Bonsai
+Image's layout) with one scale per 128 input weights (group size 128), again made straight from
+random packed codes. Default shape: 1024² batch 1 (the 128-channel latent at 1/16 resolution =
+4096 image tokens, patch 1; 512 text tokens of width ``context_in_dim`` 7680). Bonsai Image 4B's
+published figures (H100: 1.45 s for 4 steps at 1024², i.e. at most ~0.36 s a step for the
+transformer; 6.4 GiB peak; 1.21 GB file) are printed and recorded beside ours, labelled
+"published, whole pipeline, not measured here". No goals apply to FLUX.2 except the issue's file
+size (<= 1.15 GB, which ``blocks`` g128 does not meet: see ``bench/flux2_sizes.py``).
+
 Usage::
 
     python bench/flux_e2e.py                       # GPU: bench/results/flux_e2e-<gpu>.json
     python bench/flux_e2e.py --smoke --out x.json  # CPU, tiny model, a few seconds
     python bench/flux_e2e.py --sizes-only          # exact FLUX.1-dev file sizes, no GPU
+    python bench/flux_e2e.py --model flux2-klein-4b               # GPU: flux_e2e-flux2-klein-4b-<gpu>.json
+    python bench/flux_e2e.py --model flux2-klein-4b --sizes-only  # exact klein 4B g128 file sizes
+    python bench/flux_e2e.py --model flux2-klein-4b --smoke --out x.json  # CPU, tiny FLUX.2
 
 ``python bench/report.py bench/results/flux_e2e-*.json`` draws the charts.
 """
@@ -55,6 +69,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from flux2_sizes import BONSAI_4B_PUBLISHED_GB, GOAL_KLEIN_4B_GB  # noqa: E402
 from flux_builders import (  # noqa: E402
     REPO_ROOT,
     checkpoint_file_size,
@@ -66,8 +81,8 @@ from flux_builders import (  # noqa: E402
     random_ternary_flux,
     resident_weight_bytes,
 )
-from ternaryflux.core.fixtures import tiny_flux_config  # noqa: E402
-from ternaryflux.core.flux_layout import FluxConfig  # noqa: E402
+from ternaryflux.core.fixtures import tiny_flux2_config, tiny_flux_config  # noqa: E402
+from ternaryflux.core.flux_layout import FLUX2_VARIANTS, POLICY_BLOCKS, Flux2Config, FluxConfig  # noqa: E402
 from ternaryflux.core.ternary_linear import TernaryLinear, set_backend  # noqa: E402
 from ternaryflux.kernels import available_backends, disabled_routes, dispatch, resolve_backend  # noqa: E402
 from ternaryflux.quantize_tool.report import format_table  # noqa: E402
@@ -89,6 +104,89 @@ GOALS = {
 }
 
 
+# Bonsai Image 4B (PrismML's model card / whitepaper, May 2026): FLUX.2 [klein] 4B, block Linears
+# ternary with one fp16 scale per 128 inputs. Figures of the *whole pipeline* (text encoder
+# offloaded, VAE included), as published; never measured here.
+BONSAI_PUBLISHED: dict[str, Any] = {
+    "what": "Bonsai Image 4B (PrismML), published, whole pipeline, not measured here",
+    "source": "PrismML Bonsai Image 4B model card / whitepaper (May 2026); docs/BENCHMARKS.md",
+    "gpu": "H100",
+    "image_px": 1024,
+    "steps": 4,
+    "pipeline_s": 1.45,
+    "step_s_upper_bound": 1.45 / 4,  # the transformer's share of one step is at most this
+    "peak_vram_gib": 6.4,
+    "peak_vram_note": "whole pipeline, text encoder offloaded",
+    "file_gb": BONSAI_4B_PUBLISHED_GB,
+}
+PUBLISHED_LABEL = "published, whole pipeline, not measured here"
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One ``--model``: the full-size config, its tiny ``--smoke`` stand-in and the ternary layout."""
+
+    key: str
+    title: str  # JSON "model_name" of the full-size run
+    config: FluxConfig | Flux2Config
+    smoke_config: FluxConfig | Flux2Config
+    group_size: int  # ternary scales: 0 = one per output channel
+    policy: str | None  # ternary layers (None: the architecture's default)
+    latent_down: int  # image px per latent px (FLUX.1: 8, 16-channel latent; FLUX.2: 16, 128 channels)
+    resolutions: tuple[int, ...]
+    batches: tuple[int, ...]
+    sizes_group_sizes: tuple[int, ...]  # group sizes of the --sizes-only file table
+    sizes_out: str  # --sizes-only JSON name
+    out_prefix: str  # GPU JSON: bench/results/<out_prefix><gpu>.json
+    published: dict[str, Any] | None = None
+
+    @property
+    def patch(self) -> int:
+        return self.config.patch_size
+
+    @property
+    def file_keys(self) -> tuple[str, str]:
+        """``file_sizes`` keys of the run's own layout (2-bit, base3)."""
+        g = self.group_size
+        return ("2bit", "base3") if g == 0 else (f"2bit-g{g}", f"base3-g{g}")
+
+
+MODELS: dict[str, ModelSpec] = {
+    "flux1-dev": ModelSpec(
+        key="flux1-dev",
+        title="FLUX.1-dev",
+        config=FluxConfig(),
+        smoke_config=tiny_flux_config(hidden=256, depth=1, depth_single=1),
+        group_size=0,
+        policy=None,
+        latent_down=8,
+        resolutions=(512, 1024),
+        batches=(1, 2),
+        sizes_group_sizes=(0, 256),
+        sizes_out="flux_e2e-sizes.json",
+        out_prefix="flux_e2e-",
+    ),
+    "flux2-klein-4b": ModelSpec(
+        key="flux2-klein-4b",
+        title="FLUX.2 [klein] 4B",
+        config=FLUX2_VARIANTS["klein-4b"],
+        smoke_config=tiny_flux2_config(hidden=256, depth=1, depth_single=1, context_in_dim=256),
+        group_size=128,
+        policy=POLICY_BLOCKS,
+        latent_down=16,
+        resolutions=(1024,),
+        batches=(1,),
+        sizes_group_sizes=(128,),
+        sizes_out="flux_e2e-flux2-klein-4b-sizes.json",
+        out_prefix="flux_e2e-flux2-klein-4b-",
+        published=BONSAI_PUBLISHED,
+    ),
+}
+
+
 # ----------------------------------------------------------------------------- settings
 
 
@@ -98,10 +196,11 @@ class Shape:
     latent_hw: int
     batch: int
     txt_tokens: int
+    patch: int = 2
 
     @property
     def img_tokens(self) -> int:
-        return (self.latent_hw // 2) ** 2
+        return (self.latent_hw // self.patch) ** 2
 
     @property
     def label(self) -> str:
@@ -123,19 +222,25 @@ class Settings:
     skip_torch_ref: bool = False
     backends: list[str] | None = None
     acts: tuple[str, ...] = ("a16", "a8")
+    spec: ModelSpec = MODELS["flux1-dev"]
 
     @property
     def cuda(self) -> bool:
         return self.device.type == "cuda"
 
 
+def _shapes(spec: ModelSpec, resolutions, batches, txt: int) -> list[Shape]:
+    return [Shape(px, px // spec.latent_down, b, txt, spec.patch) for px in resolutions for b in batches]
+
+
 def gpu_settings(args: argparse.Namespace) -> Settings:
+    spec = MODELS[args.model]
     txt = args.txt_tokens or 512
-    shapes = [Shape(px, px // 8, b, txt) for px in args.resolutions for b in args.batches]
+    shapes = _shapes(spec, args.resolutions or spec.resolutions, args.batches or spec.batches, txt)
     return Settings(
         mode="gpu",
         device=torch.device(args.device or "cuda"),
-        config=FluxConfig(),
+        config=spec.config,
         shapes=shapes,
         warmup=args.warmup if args.warmup is not None else 3,
         runs=args.runs if args.runs is not None else 5,
@@ -145,17 +250,19 @@ def gpu_settings(args: argparse.Namespace) -> Settings:
         budget_s=args.budget_s,
         skip_torch_ref=args.skip_torch_ref,
         backends=args.backends,
+        spec=spec,
     )
 
 
 def smoke_settings(args: argparse.Namespace) -> Settings:
+    spec = MODELS[args.model]
     txt = args.txt_tokens or 16
-    # 64 and 128 px "images" (8² / 16² latents): tiny stand-ins for 512² and 1024²
-    shapes = [Shape(px, px // 8, b, txt) for px in (64, 128) for b in args.batches]
+    # 64 and 128 px "images" (FLUX.1: 8² / 16² latents, FLUX.2: 4² / 8²): tiny stand-ins for 512² and 1024²
+    shapes = _shapes(spec, (64, 128), args.batches or (1, 2), txt)
     return Settings(
         mode="smoke",
         device=torch.device(args.device or "cpu"),
-        config=tiny_flux_config(hidden=256, depth=1, depth_single=1),
+        config=spec.smoke_config,
         shapes=shapes,
         warmup=args.warmup if args.warmup is not None else 1,
         runs=args.runs if args.runs is not None else 2,
@@ -165,6 +272,7 @@ def smoke_settings(args: argparse.Namespace) -> Settings:
         budget_s=args.budget_s,
         skip_torch_ref=args.skip_torch_ref,
         backends=args.backends,
+        spec=spec,
     )
 
 
@@ -206,11 +314,14 @@ def make_inputs(s: Settings, shape: Shape, dtype: torch.dtype) -> dict[str, torc
     g = torch.Generator(device=s.device).manual_seed(s.seed + 1)
     c = s.config
     b, hw = shape.batch, shape.latent_hw
+    # FLUX.1: 16 latent channels, patchified 2x2 in the model; FLUX.2: 128 channels, patch 1, no pooled vector
     return {
-        "x": torch.randn(b, c.in_channels // 4, hw, hw, device=s.device, generator=g).to(dtype),
+        "x": torch.randn(b, c.latent_channels, hw, hw, device=s.device, generator=g).to(dtype),
         "timestep": torch.full((b,), 0.7, device=s.device),
         "context": torch.randn(b, shape.txt_tokens, c.context_in_dim, device=s.device, generator=g).to(dtype),
-        "y": torch.randn(b, c.vec_in_dim, device=s.device, generator=g).to(dtype),
+        "y": None
+        if c.vec_in_dim is None
+        else torch.randn(b, c.vec_in_dim, device=s.device, generator=g).to(dtype),
         "guidance": torch.full((b,), 3.5, device=s.device) if c.guidance_embed else None,
     }
 
@@ -316,7 +427,7 @@ def backends_on_device(s: Settings) -> list[str]:
     Triton interpreter (``TRITON_INTERPRET=1``, CPU) is never timed by accident. Backends named
     with ``--backends`` are taken when they can run the call at all (forced, as dispatch would).
     """
-    probe = TernaryLinear(256, 256, device=s.device, bias_dtype=torch.bfloat16)
+    probe = TernaryLinear(256, 256, group_size=s.spec.group_size, device=s.device, bias_dtype=torch.bfloat16)
     x = torch.zeros(4, 256, device=s.device, dtype=torch.bfloat16)
     registry = getattr(dispatch, "_BACKENDS", {})
     out = []
@@ -392,21 +503,27 @@ def environment(s: Settings) -> dict[str, Any]:
     }
 
 
-def sizes_report(config: FluxConfig, group_sizes: tuple[int, ...] = (0,)) -> dict[str, Any]:
-    """Device-independent figures: parameter counts, resident weight bytes, file sizes."""
-    params = param_counts(config)
+def sizes_report(
+    config: FluxConfig | Flux2Config,
+    group_sizes: tuple[int, ...] = (0,),
+    policy: str | None = None,
+    resident_group_size: int = 0,
+) -> dict[str, Any]:
+    """Device-independent figures: parameter counts, resident weight bytes (ternary layers with
+    ``resident_group_size`` scales), file sizes (one 2-bit and one base3 file per group size)."""
+    params = param_counts(config, policy)
     dense = dense_file_size(config)
     files: dict[str, Any] = {"bf16": {**dense, "ratio_vs_bf16": 1.0}}
     for g in group_sizes:
         for packing in ("2bit", "base3"):
-            f = checkpoint_file_size(config, packing, group_size=g)
+            f = checkpoint_file_size(config, packing, group_size=g, policy=policy)
             key = packing if g == 0 else f"{packing}-g{g}"
             f["ratio_vs_bf16"] = f["total"] / dense["total"]
             f["x_smaller"] = dense["total"] / f["total"]
             f["group_size"] = g
             files[key] = f
     w_bf16 = resident_weight_bytes(config, ternary=False)
-    w_tern = resident_weight_bytes(config, ternary=True)
+    w_tern = resident_weight_bytes(config, ternary=True, group_size=resident_group_size, policy=policy)
     return {
         "params": {**params, "ternary_fraction": params["ternary"] / params["total"]},
         "weights": {"bf16_bytes": w_bf16, "ternary_bytes": w_tern, "ratio_vs_bf16": w_tern / w_bf16},
@@ -414,26 +531,104 @@ def sizes_report(config: FluxConfig, group_sizes: tuple[int, ...] = (0,)) -> dic
     }
 
 
-def is_flux_dev(config: FluxConfig) -> bool:
+def is_flux_dev(config: FluxConfig | Flux2Config) -> bool:
     return config == FluxConfig()
 
 
-def file_goals(sizes: dict[str, Any], applies: bool) -> list[dict[str, Any]]:
+def is_full_size(s: Settings) -> bool:
+    return s.config == s.spec.config
+
+
+def file_goals(sizes: dict[str, Any], applies: bool, spec: ModelSpec | None = None) -> list[dict[str, Any]]:
+    spec = spec or MODELS["flux1-dev"]
+    if spec.key == "flux1-dev":
+        goals = (
+            ("2bit", GOALS["file_2bit_bytes"], "<= 3.1 GB"),
+            ("base3", GOALS["file_base3_bytes"], "<= 2.55 GB"),
+        )
+    else:  # issue 11: klein 4B ternary <= 1.15 GB at g128 (bench/flux2_sizes.py)
+        text = f"<= {GOAL_KLEIN_4B_GB} GB"
+        goals = tuple((key, GOAL_KLEIN_4B_GB * GB, text) for key in spec.file_keys)
     out = []
-    for packing, key, text in (
-        ("2bit", "file_2bit_bytes", "<= 3.1 GB"),
-        ("base3", "file_base3_bytes", "<= 2.55 GB"),
-    ):
-        total = sizes["file_sizes"][packing]["total"]
+    for key, limit, text in goals:
+        total = sizes["file_sizes"][key]["total"]
         out.append(
             {
-                "what": f"file size {packing}",
+                "what": f"file size {key}",
                 "goal": text,
                 "value": total,
-                "met": (total <= GOALS[key]) if applies else None,
+                "met": (total <= limit) if applies else None,
             }
         )
     return out
+
+
+def vs_published(data: dict[str, Any], spec: ModelSpec) -> list[dict[str, Any]]:
+    """Our measured figures beside the published ones (same image size, batch 1): one row per
+    configuration, plus the file sizes. Empty without published figures or for a reduced model."""
+    pub = spec.published
+    if not pub or data.get("model_name") != spec.title:
+        return []
+    rows = []
+    k2, k3 = spec.file_keys
+    files = data["file_sizes"]
+    rows.append(
+        {
+            "figure": "checkpoint file",
+            "published": f"{pub['file_gb']} GB",
+            "ours": f"{files[k2]['total'] / GB:.3f} GB {k2} / {files[k3]['total'] / GB:.3f} GB {k3}",
+            "config": "ternary (transformer file)",
+        }
+    )
+    for r in data.get("results") or []:
+        if r["status"] != "ok" or r["image_px"] != pub["image_px"] or r["batch"] != 1:
+            continue
+        steps = pub["steps"]
+        rows.append(
+            {
+                "figure": f"{steps} steps at {pub['image_px']}², transformer",
+                "published": f"{pub['pipeline_s']} s on {pub['gpu']} (<= {1e3 * pub['step_s_upper_bound']:.0f} ms/step)",
+                "ours": f"{steps} x {r['latency_ms_median']:.1f} ms = {steps * r['latency_ms_median'] / 1e3:.3f} s",
+                "config": r["label"],
+                "ours_s": steps * r["latency_ms_median"] / 1e3,
+            }
+        )
+        rows.append(
+            {
+                "figure": "peak VRAM of a step, transformer",
+                "published": f"{pub['peak_vram_gib']} GiB ({pub['peak_vram_note']})",
+                "ours": f"{r['peak_allocated_bytes'] / GIB:.2f} GiB allocated, {r['peak_reserved_bytes'] / GIB:.2f} GiB reserved",
+                "config": r["label"],
+                "ours_gib": r["peak_allocated_bytes"] / GIB,
+            }
+        )
+    return rows
+
+
+def print_published(data: dict[str, Any]) -> None:
+    pub = data.get("published")
+    if not pub:
+        return
+    rows = data.get("vs_published") or []
+    where = (
+        "exact, from shapes"
+        if data["mode"] == "sizes"
+        else f"transformer only, measured on {data['device']['name']}"
+    )
+    print(f"\n{pub['what']} — beside ours ({where})")
+    if not rows:
+        print(
+            f"  published: {pub['pipeline_s']} s for {pub['steps']} steps at {pub['image_px']}² on {pub['gpu']}, "
+            f"peak {pub['peak_vram_gib']} GiB, file {pub['file_gb']} GB ({PUBLISHED_LABEL}); "
+            "nothing of ours to set beside it in this run"
+        )
+        return
+    print(
+        format_table(
+            ["figure", f"Bonsai ({PUBLISHED_LABEL})", "ours (measured / exact)", "config"],
+            [[r["figure"], r["published"], r["ours"], r["config"]] for r in rows],
+        )
+    )
 
 
 def add_ratios(results: list[dict[str, Any]], flux_dev: bool) -> None:
@@ -490,6 +685,7 @@ def print_tables(data: dict[str, Any]) -> None:
     print(format_table(["size", "bytes", "vs bf16", "goal"], rows))
     results = data.get("results") or []
     if not results:
+        print_published(data)
         return
     rows = []
     for r in results:
@@ -528,6 +724,7 @@ def print_tables(data: dict[str, Any]) -> None:
             rows,
         )
     )
+    print_published(data)
 
 
 def _met(m: bool | None) -> str:
@@ -554,14 +751,20 @@ def _failing(message: str) -> Callable[[], dict[str, Any]]:
 def run_bench(s: Settings, out: Path | None) -> dict[str, Any]:
     t_start = time.perf_counter()
     env = environment(s)
+    spec = s.spec
     flux_dev = is_flux_dev(s.config) and s.mode == "gpu"
-    sizes = sizes_report(s.config)
+    g = spec.group_size
+    sizes = sizes_report(s.config, (g,), spec.policy, g)
+    if is_full_size(s):
+        name = spec.title
+    else:
+        name = "FLUX.2 (reduced size)" if s.config.architecture == "flux2" else "FLUX (reduced size)"
     data: dict[str, Any] = {
         "schema": SCHEMA,
         "mode": s.mode,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **env,
-        "model_name": "FLUX.1-dev" if is_flux_dev(s.config) else "FLUX (reduced size)",
+        "model_name": name,
         "config": config_dict(s.config),
         "settings": {
             "warmup": s.warmup,
@@ -578,9 +781,18 @@ def run_bench(s: Settings, out: Path | None) -> dict[str, Any]:
         "backends_available": available_backends(),
         "goals": GOALS,
         **sizes,
-        "file_goals": file_goals(sizes, is_flux_dev(s.config)),
+        "file_goals": file_goals(sizes, is_full_size(s), spec),
         "results": [],
     }
+    if spec.key != "flux1-dev":  # FLUX.1-dev's JSON stays as it was
+        data.update(
+            model=spec.key,
+            architecture=s.config.architecture,
+            group_size=g,
+            ternary_policy=spec.policy,
+            published=spec.published,
+            vs_published=[],
+        )
     configs = run_configs(s)
     data["configs"] = [c.label for c in configs]
     if out:
@@ -618,6 +830,8 @@ def run_bench(s: Settings, out: Path | None) -> dict[str, Any]:
             row["wall_s"] = time.perf_counter() - t0
         results.append(row)
         add_ratios(results, flux_dev)
+        if "vs_published" in data:
+            data["vs_published"] = vs_published(data, spec)
         msg = (
             row.get("error")
             or f"{row['latency_ms_median']:.1f} ms, peak {row['peak_allocated_bytes'] / GB:.3f} GB"
@@ -653,7 +867,7 @@ def run_bench(s: Settings, out: Path | None) -> dict[str, Any]:
         try:
             if not over_budget():
                 t0 = time.perf_counter()
-                model = random_ternary_flux(s.config, s.device, torch.bfloat16, s.seed)
+                model = random_ternary_flux(s.config, s.device, torch.bfloat16, s.seed, g, spec.policy)
                 _sync(s)
                 data["build_s_ternary"] = time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001
@@ -687,19 +901,34 @@ def run_bench(s: Settings, out: Path | None) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
+        "--model",
+        choices=list(MODELS),
+        default="flux1-dev",
+        help="flux1-dev (default) or flux2-klein-4b (ternary `blocks` policy, group-128 scales)",
+    )
+    p.add_argument(
         "--smoke", action="store_true", help="tiny model on the CPU (hidden 256, 1+1 blocks), < 60 s"
     )
     p.add_argument(
-        "--sizes-only", action="store_true", help="only the exact FLUX.1-dev sizes (no model is built)"
+        "--sizes-only", action="store_true", help="only the exact file sizes of --model (no model is built)"
     )
     p.add_argument(
-        "--out", type=Path, default=None, help="JSON path (default bench/results/flux_e2e-<gpu>.json)"
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default bench/results/flux_e2e-<gpu>.json; flux_e2e-flux2-klein-4b-<gpu>.json)",
     )
     p.add_argument("--device", default=None, help="torch device (default cuda; cpu with --smoke)")
     p.add_argument(
-        "--resolutions", type=int, nargs="+", default=[512, 1024], help="image sizes in px (default 512 1024)"
+        "--resolutions",
+        type=int,
+        nargs="+",
+        default=None,
+        help="image sizes in px (default 512 1024; flux2-klein-4b: 1024)",
     )
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 2], help="batch sizes (default 1 2)")
+    p.add_argument(
+        "--batches", type=int, nargs="+", default=None, help="batch sizes (default 1 2; flux2-klein-4b: 1)"
+    )
     p.add_argument("--txt-tokens", type=int, default=None, help="text tokens (default 512; 16 with --smoke)")
     p.add_argument(
         "--warmup", type=int, default=None, help="warm-up steps per configuration (default 3; 1 smoke)"
@@ -725,22 +954,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    spec = MODELS[args.model]
     if args.sizes_only:
-        config = FluxConfig()
+        config = spec.config
         data = {
             "schema": SCHEMA,
             "mode": "sizes",
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "device": {"type": "none", "name": "device-independent (computed from shapes)", "slug": "sizes"},
             "versions": {"ternaryflux": __version__, "torch": torch.__version__, "triton": None},
-            "model_name": "FLUX.1-dev",
+            "model_name": spec.title,
             "config": config_dict(config),
             "goals": GOALS,
-            **sizes_report(config, group_sizes=(0, 256)),
+            **sizes_report(config, spec.sizes_group_sizes, spec.policy, spec.group_size),
             "results": [],
         }
-        data["file_goals"] = file_goals(data, True)
-        out = args.out or RESULTS_DIR / "flux_e2e-sizes.json"
+        if spec.key != "flux1-dev":
+            data.update(
+                model=spec.key,
+                architecture=config.architecture,
+                group_size=spec.group_size,
+                ternary_policy=spec.policy,
+                published=spec.published,
+            )
+            data["vs_published"] = vs_published(data, spec)
+        data["file_goals"] = file_goals(data, True, spec)
+        out = args.out or RESULTS_DIR / spec.sizes_out
         write_json(out, data)
         print_tables(data)
         print(f"\nwrote {out}")
@@ -759,7 +998,7 @@ def main(argv: list[str] | None = None) -> int:
             print("no CUDA device: run with --smoke (CPU) or --sizes-only", file=sys.stderr)
             return 2
         s = gpu_settings(args)
-    out = args.out or RESULTS_DIR / f"flux_e2e-{slug(torch.cuda.get_device_name(s.device))}.json"
+    out = args.out or RESULTS_DIR / f"{spec.out_prefix}{slug(torch.cuda.get_device_name(s.device))}.json"
     data = run_bench(s, out)
     print_tables(data)
     print(f"\nwrote {out} ({data['total_s']:.1f} s)")

@@ -71,14 +71,21 @@ FLUX_SHAPES: list[tuple[int, int]] = [  # (N, K) = (out_features, in_features)
 ]
 
 
+KLEIN_GROUP = 128
+"""FLUX.2 rows run with one scale per 128 input weights (Bonsai Image's layout, the format's
+FLUX.2 default); FLUX.1 rows with one scale per output channel."""
+
+
 def klein_shapes(h: int) -> list[tuple[str, int, int]]:
-    """FLUX.2 [klein] linears of hidden size ``h``: (name, N, K)."""
+    """FLUX.2 [klein] linears of hidden size ``h``: (name, N, K). klein 4B (H 3072): 27648x3072,
+    3072x12288, 18432x3072, 3072x9216, 9216x3072, 3072x3072."""
     return [
         ("linear1 9HxH", 9 * h, h),  # single block: qkv + SwiGLU up
         ("linear2 Hx4H", h, 4 * h),  # single block: attn out + MLP down
-        ("mlp up 6HxH", 6 * h, h),  # double block SwiGLU up; also the 6H modulation
-        ("mlp down Hx3H", h, 3 * h),
-        ("modulation 3HxH", 3 * h, h),
+        ("mlp up 6HxH", 6 * h, h),  # double block SwiGLU up (img_mlp.0); also the 6H double modulation
+        ("mlp down Hx3H", h, 3 * h),  # img_mlp.2
+        ("qkv 3HxH", 3 * h, h),  # double block qkv; also the 3H single modulation
+        ("attn out HxH", h, h),  # double block attention proj
     ]
 
 
@@ -91,15 +98,21 @@ FLUX1_NAMED: list[tuple[str, int, int]] = [
     ("linear1", 21504, 3072),
     ("linear2", 3072, 15360),
 ]
-MODEL_SHAPES: list[tuple[str, str, int, int]] = (
-    [("FLUX.1", name, n, k) for name, n, k in FLUX1_NAMED]
-    + [("FLUX.2 H3072", name, n, k) for name, n, k in klein_shapes(3072)]
-    + [("FLUX.2 H4096", name, n, k) for name, n, k in klein_shapes(4096)]
+MODEL_SHAPES: list[tuple[str, str, int, int, int]] = (
+    [("FLUX.1", name, n, k, 0) for name, n, k in FLUX1_NAMED]
+    + [("FLUX.2 H3072", name, n, k, KLEIN_GROUP) for name, n, k in klein_shapes(3072)]
+    + [("FLUX.2 H4096", name, n, k, KLEIN_GROUP) for name, n, k in klein_shapes(4096)]
 )
-"""Every (model, layer, N, K) of the speed model and the GPU benchmark (``--shapes all``)."""
-ALL_SHAPES: list[tuple[int, int]] = list(dict.fromkeys((n, k) for _, _, n, k in MODEL_SHAPES))
+"""Every (model, layer, N, K, group size) of the speed model and the GPU benchmark (``--shapes
+all``); FLUX.2 klein 4B (H 3072) right after FLUX.1, so a timed-out GPU run has it."""
+ALL_SHAPES: list[tuple[int, int, int]] = list(dict.fromkeys((n, k, g) for _, _, n, k, g in MODEL_SHAPES))
 FLUX_M: list[int] = [1, 2, 256, 1024, 4096, 4608]
-SMOKE_SHAPES: list[tuple[int, int, int]] = [(2, 96, 256), (40, 96, 384)]  # (M, N, K)
+SMOKE_SHAPES: list[tuple[int, int, int, int]] = [  # (M, N, K, group size)
+    (2, 96, 256, 0),
+    (40, 96, 384, 0),
+    (2, 96, 256, KLEIN_GROUP),
+    (40, 96, 384, KLEIN_GROUP),
+]
 GOALS = {
     ("a16", 4608): 0.9,
     ("a8", 4608): 1.4,
@@ -187,14 +200,15 @@ def time_cpu(fns: list[Callable[[], object]], iters: int, warmup: int) -> list[f
 
 
 # ----------------------------------------------------------------------------- one shape
-def random_weight(n: int, k: int, device: str, seed: int):
+def random_weight(n: int, k: int, device: str, seed: int, group_size: int = 0):
     import torch
     from ternaryflux.core.ternary_weight import TernaryWeight
 
     g = torch.Generator(device="cpu").manual_seed(seed)
     codes = torch.randint(0, 3, (n, k), dtype=torch.uint8, generator=g)
-    tw = TernaryWeight.from_codes(codes, torch.rand(n, 1, generator=g) * 0.02 + 0.005)
-    dense = ((codes.to(torch.float32) - 1) * tw.scale).to(torch.bfloat16)
+    groups = 1 if group_size == 0 else k // group_size
+    tw = TernaryWeight.from_codes(codes, torch.rand(n, groups, generator=g) * 0.02 + 0.005, group_size)
+    dense = tw.dequantize(torch.float32).to(torch.bfloat16)
     return tw.packed.to(device), tw.scale.to(device), dense.to(device)
 
 
@@ -216,13 +230,21 @@ def as_graphs(fns: list[Callable[[], object]], warmup: int) -> list[Callable[[],
 
 
 def bench_shape(
-    m: int, n: int, k: int, device: str, iters: int, warmup: int, smoke: bool, graphs: bool = False
+    m: int,
+    n: int,
+    k: int,
+    device: str,
+    iters: int,
+    warmup: int,
+    smoke: bool,
+    graphs: bool = False,
+    group_size: int = 0,
 ) -> list[dict]:
     import torch
     import torch.nn.functional as F
     from ternaryflux.kernels import reference, triton_backend
 
-    packed, scale, dense = random_weight(n, k, device, seed=n * 7 + k)
+    packed, scale, dense = random_weight(n, k, device, seed=n * 7 + k, group_size=group_size)
     x_dtype = torch.bfloat16
     set_bytes = m * k * 2 + n * k * 2 + m * n * 2
     copies = 1 if smoke else max(2, min(16, -(-ROTATE_BYTES // set_bytes)))
@@ -273,6 +295,7 @@ def bench_shape(
                 "M": m,
                 "N": n,
                 "K": k,
+                "group_size": group_size,
                 "method": name,
                 "ms": ms,
                 "tflops": flops / ms / 1e9,
@@ -411,7 +434,9 @@ def model_bytes(m: int, n: int, k: int, method: str, groups: int = 1) -> float:
     return (m * k * 2 + m * k + m * 4) + (m * k + m * 4 + w + m * n * 2)
 
 
-def _aot_lookup(aot: dict | None, target: str, kernel: str, kind: str, block_m: int, config) -> dict | None:
+def _aot_lookup(
+    aot: dict | None, target: str, kernel: str, kind: str, block_m: int, config, group: int = 0
+) -> dict | None:
     if not aot:
         return None
     for r in aot["results"]:
@@ -420,7 +445,7 @@ def _aot_lookup(aot: dict | None, target: str, kernel: str, kind: str, block_m: 
             target,
             kernel,
             kind,
-            0,
+            group,
             tuple(config),
         ):
             if kernel != "gemv" or j["block_m"] == block_m:
@@ -428,25 +453,40 @@ def _aot_lookup(aot: dict | None, target: str, kernel: str, kind: str, block_m: 
     return None
 
 
-def _allowed_configs(target: str, kernel: str, kind: str, m: int) -> list[tuple[int, ...]]:
+def _allowed_configs(target: str, kernel: str, kind: str, m: int, group: int = 0) -> list[tuple[int, ...]]:
+    """What the prune hooks keep (an A8 ``tl.dot`` K tile must lie inside one scale group)."""
     from ternaryflux.kernels import triton_common as tc
 
     if kernel == "gemm":
-        return tc.allowed_gemm(target, kind, False, tc.m_bucket(m))
-    return tc.allowed_gemv(target, kind, False, tc.m_bucket(m))
+        cfgs = tc.allowed_gemm(target, kind, group > 0, tc.m_bucket(m))
+        bk = 2
+    else:
+        cfgs = tc.allowed_gemv(target, kind, group > 0, tc.m_bucket(m))
+        bk = 1
+    dot = kernel == "gemm" or m > 4
+    return [c for c in cfgs if not (kind == "int8" and group and dot and group % c[bk])]
 
 
-def design_time(m: int, n: int, k: int, act: str, gpu: dict, aot: dict | None) -> tuple[float, str]:
+def design_time(
+    m: int, n: int, k: int, act: str, gpu: dict, aot: dict | None, group: int = 0
+) -> tuple[float, str]:
     """Bound time of the ternary kernel as designed, for the best config the pruned tables
     allow on the card's target (what the autotuner would pick, by this model): see
     :func:`config_time`."""
     kind = "int8" if act == "a8" else "bf16"
-    cfgs = _allowed_configs(gpu["smem_target"], "gemv" if m <= 16 else "gemm", kind, m)
-    return min(config_time(m, n, k, act, gpu, aot, cfg) for cfg in cfgs)
+    cfgs = _allowed_configs(gpu["smem_target"], "gemv" if m <= 16 else "gemm", kind, m, group)
+    return min(config_time(m, n, k, act, gpu, aot, cfg, group) for cfg in cfgs)
 
 
 def config_time(
-    m: int, n: int, k: int, act: str, gpu: dict, aot: dict | None, cfg: tuple[int, ...]
+    m: int,
+    n: int,
+    k: int,
+    act: str,
+    gpu: dict,
+    aot: dict | None,
+    cfg: tuple[int, ...],
+    group: int = 0,
 ) -> tuple[float, str]:
     """Bound time of one config: roofline, wave quantization of its grid, the instruction-issue
     bound of its compiled main loop (AOT results) and the A16 GEMM's int -> float conversions."""
@@ -471,17 +511,17 @@ def config_time(
     waves = ctas / gpu["sms"]
     u_wave = waves / -(-ctas // gpu["sms"])  # last partial wave
     u_mem = min(1.0, waves)  # fewer CTAs than SMs cannot pull full bandwidth
-    nbytes = model_bytes(m, n, k, act)
+    nbytes = model_bytes(m, n, k, act, groups=k // group if group else 1)
     t_mem = nbytes / (gpu["bw"] * u_mem)
     t_flop = 2.0 * m * n * k / (peak * u_wave) if not (small and m <= 4) else 0.0
     note = f"{'gemv' if small else 'gemm'} {'x'.join(map(str, cfg))}"
     t_issue = 0.0
     loop = None
-    r = _aot_lookup(aot, target, "gemv" if small else "gemm", kind, block_m, cfg)
+    r = _aot_lookup(aot, target, "gemv" if small else "gemm", kind, block_m, cfg, group)
     if r and r.get("loop_instructions"):
         loop = r["loop_instructions"]
     if small and m == 2:  # compiled at M blocks 1 and 4: interpolate the per-row (FMA) part
-        r1 = _aot_lookup(aot, target, "gemv", kind, 1, cfg)
+        r1 = _aot_lookup(aot, target, "gemv", kind, 1, cfg, group)
         if loop and r1 and r1.get("loop_instructions"):
             loop = r1["loop_instructions"] + (loop - r1["loop_instructions"]) / 3
     if loop:
@@ -508,7 +548,8 @@ def config_time(
 def speed_model(aot: dict | None) -> list[dict]:
     rows = []
     for gpu_name, gpu in GPUS.items():
-        for model, layer, n, k in MODEL_SHAPES:
+        for model, layer, n, k, group in MODEL_SHAPES:
+            groups = k // group if group else 1
             for m in MODEL_M:
                 flops = 2.0 * m * n * k
                 t_cub = max(model_bytes(m, n, k, "cublas") / gpu["bw"], flops / gpu["bf16"])
@@ -519,15 +560,16 @@ def speed_model(aot: dict | None) -> list[dict]:
                     "M": m,
                     "N": n,
                     "K": k,
+                    "group_size": group,
                     "flops": flops,
                     "cublas_bytes": model_bytes(m, n, k, "cublas"),
                     "cublas_us": t_cub * 1e6,
                 }
                 for act in ("a16", "a8"):
                     peak = gpu["int8"] if act == "a8" else gpu["bf16"]
-                    nb = model_bytes(m, n, k, act)
+                    nb = model_bytes(m, n, k, act, groups)
                     t_roof = max(nb / gpu["bw"], flops / peak)
-                    t_des, why = design_time(m, n, k, act, gpu, aot)
+                    t_des, why = design_time(m, n, k, act, gpu, aot, group)
                     goal = GOALS.get((act, m))
                     row.update(
                         {
@@ -621,13 +663,13 @@ def run_model(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- main
 def print_table(rows: list[dict]) -> None:
-    hdr = f"{'M':>5} {'N':>6} {'K':>6} {'method':>11} {'ms':>9} {'TFLOP/s':>8} {'GB/s':>8} {'vs dense':>8}  goal"
+    hdr = f"{'M':>5} {'N':>6} {'K':>6} {'group':>5} {'method':>11} {'ms':>9} {'TFLOP/s':>8} {'GB/s':>8} {'vs dense':>8}  goal"
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         goal = "" if r["goal"] is None else f"{'ok' if r['goal_met'] else 'MISS'} (>= {r['goal']}x)"
         print(
-            f"{r['M']:>5} {r['N']:>6} {r['K']:>6} {r['method']:>11} {r['ms']:>9.4f} {r['tflops']:>8.2f} "
+            f"{r['M']:>5} {r['N']:>6} {r['K']:>6} {r.get('group_size', 0):>5} {r['method']:>11} {r['ms']:>9.4f} {r['tflops']:>8.2f} "
             f"{r['gbps']:>8.1f} {r['speedup_vs_dense']:>7.2f}x  {goal}"
         )
 
@@ -665,8 +707,8 @@ def main(argv: list[str] | None = None) -> int:
         iters, warmup = min(args.iters, 3), 1
     else:
         ms = args.m or FLUX_M
-        pool = FLUX_SHAPES if args.shapes == "flux1" else ALL_SHAPES
-        shapes = [(m, n, k) for n, k in pool for m in ms]
+        pool = [(n, k, 0) for n, k in FLUX_SHAPES] if args.shapes == "flux1" else ALL_SHAPES
+        shapes = [(m, n, k, g) for n, k, g in pool for m in ms]
         iters, warmup = args.iters, args.warmup
     import triton
 
@@ -695,9 +737,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         out.write_text(json.dumps(result, indent=1))
 
-    for m, n, k in shapes:
+    for m, n, k, g in shapes:
         rows.extend(
-            bench_shape(m, n, k, device, iters, warmup, args.smoke, args.cuda_graph and not args.smoke)
+            bench_shape(m, n, k, device, iters, warmup, args.smoke, args.cuda_graph and not args.smoke, g)
         )
         print_table(rows[-3:])
         write()

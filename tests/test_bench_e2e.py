@@ -12,7 +12,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from ternaryflux.core.checkpoint import write_checkpoint
-from ternaryflux.core.flux_layout import FluxConfig, is_ternary_layer
+from ternaryflux.core.flux_layout import (
+    FLUX2_VARIANTS,
+    Flux2Config,
+    FluxConfig,
+    is_ternary_layer,
+    ternary_layer_names,
+)
 from ternaryflux.core.ternary_linear import ternary_modules
 from ternaryflux.kernels import dispatch
 
@@ -174,3 +180,114 @@ def test_committed_flux_dev_sizes_are_current():
         assert data["file_sizes"][packing]["data"] == now["data"]
         assert abs(data["file_sizes"][packing]["total"] - now["total"]) < 1024  # header: metadata may change
     assert data["file_sizes"]["bf16"]["total"] == fb.dense_file_size(config)["total"]
+
+
+# ----------------------------------------------------------------------------- FLUX.2 [klein] 4B
+
+
+@pytest.fixture(scope="module")
+def smoke_flux2(tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("bench2") / "flux_e2e-flux2-smoke.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "flux_e2e.py"),
+            "--model",
+            "flux2-klein-4b",
+            "--smoke",
+            "--batches",
+            "1",
+            "--runs",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "published, whole pipeline, not measured here" in proc.stdout
+    return json.loads(out.read_text()), out
+
+
+def _config2(d: dict) -> Flux2Config:
+    return Flux2Config(**{**d, "axes_dim": tuple(d["axes_dim"]), "txt_ids_dims": tuple(d["txt_ids_dims"])})
+
+
+def test_flux2_smoke_json(smoke_flux2):
+    data, _ = smoke_flux2
+    assert data["schema"] == "ternaryflux.bench.flux_e2e/1" and data["mode"] == "smoke"
+    assert data["model"] == "flux2-klein-4b" and data["architecture"] == "flux2"
+    assert data["model_name"] == "FLUX.2 (reduced size)"
+    assert data["group_size"] == 128 and data["ternary_policy"] == "blocks"
+    assert data["published"]["what"].endswith("published, whole pipeline, not measured here")
+    assert data["published"]["pipeline_s"] == 1.45 and data["published"]["peak_vram_gib"] == 6.4
+    assert data["vs_published"] == []  # a reduced model is never set beside Bonsai's figures
+    files, w = data["file_sizes"], data["weights"]
+    assert set(files) == {"bf16", "2bit-g128", "base3-g128"}
+    assert files["base3-g128"]["total"] < files["2bit-g128"]["total"] < files["bf16"]["total"]
+    # resident = file data with the (fp32 in memory, fp16 in the file) group scales counted twice
+    assert files["2bit-g128"]["data"] == w["ternary_bytes"] - files["2bit-g128"]["scales"]
+    assert all(g["met"] is None for g in data["file_goals"])
+    results = data["results"]
+    assert {r["label"] for r in results} == {
+        "bf16",
+        "ternary torch A16 (reference)",
+        "ternary torch A8 (reference)",
+    }
+    assert len(results) == 3 * 2  # 3 configurations x 2 sizes, batch 1
+    for r in results:
+        assert r["status"] == "ok" and r["output_finite"], r
+        # FLUX.2: 128-channel latent at 1/16 of the image, patch 1
+        assert r["latent_hw"] == r["image_px"] // 16 and r["img_tokens"] == r["latent_hw"] ** 2
+        assert r["weight_bytes"] == (w["bf16_bytes"] if r["model"] == "bf16" else w["ternary_bytes"])
+
+
+def test_flux2_builder_and_file_size_calculator(smoke_flux2, tmp_path):
+    """The klein-style builder: `blocks` policy, group-128 scales, packed codes made directly;
+    the calculator is byte-exact against a written checkpoint."""
+    data, _ = smoke_flux2
+    config = _config2(data["config"])
+    model = fb.random_ternary_flux(config, "cpu", torch.bfloat16, seed=3, group_size=128, policy="blocks")
+    tern = dict(ternary_modules(model))
+    assert set(tern) == set(ternary_layer_names(config.depth, config.depth_single_blocks, "flux2", "blocks"))
+    assert isinstance(model.double_stream_modulation_img.lin, torch.nn.Linear)  # `blocks`: bf16
+    for m in tern.values():
+        assert m.group_size == 128 and m.weight_scale.shape == (m.out_features, m.in_features // 128)
+        assert int(m.ternary_weight().codes().max()) <= 2
+    assert fb.model_bytes(model) == data["weights"]["ternary_bytes"]
+    for packing in ("2bit", "base3"):
+        path = tmp_path / f"tiny2-{packing}.safetensors"
+        meta = fb.default_metadata(config, packing, 128, "blocks")
+        write_checkpoint(path, model.state_dict(), meta)
+        exact = fb.checkpoint_file_size(config, packing, 128, metadata=meta, policy="blocks")
+        assert exact["total"] == path.stat().st_size
+        assert abs(data["file_sizes"][f"{packing}-g128"]["total"] - exact["total"]) < 1024
+    dense = fb.random_bf16_flux(config, "cpu", torch.bfloat16, seed=0)
+    assert fb.model_bytes(dense) == data["weights"]["bf16_bytes"]
+
+
+def test_flux2_sizes_only_agrees_with_flux2_sizes_json(tmp_path, capsys):
+    """`--sizes-only --model flux2-klein-4b` = bench/results/flux2_sizes.json (klein 4B, `blocks`,
+    g128): 1.368 GB 2-bit / 1.184 GB base3; the committed sizes JSON is current too."""
+    import flux_e2e
+
+    out = tmp_path / "klein-sizes.json"
+    assert flux_e2e.main(["--model", "flux2-klein-4b", "--sizes-only", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "published, whole pipeline, not measured here" in printed and "1.21 GB" in printed
+    ref = json.loads((BENCH / "results" / "flux2_sizes.json").read_text())["models"]["klein-4b"]
+    committed = json.loads((BENCH / "results" / "flux_e2e-flux2-klein-4b-sizes.json").read_text())
+    for data in (json.loads(out.read_text()), committed):
+        assert data["model_name"] == "FLUX.2 [klein] 4B" and data["group_size"] == 128
+        assert _config2(data["config"]) == FLUX2_VARIANTS["klein-4b"]
+        assert data["file_sizes"]["bf16"]["total"] == ref["bf16_bytes"]
+        assert data["params"]["ternary"] == ref["policies"]["blocks"]["params"]["ternary"]
+        for packing, gb in (("2bit", 1.368), ("base3", 1.184)):
+            ours, theirs = data["file_sizes"][f"{packing}-g128"], ref["policies"]["blocks"][packing]
+            assert ours["data"] == theirs["data"] and ours["scales"] == theirs["scales"]
+            assert abs(ours["total"] - theirs["total"]) < 1024  # header: metadata may change
+            assert round(ours["total"] / 1e9, 3) == gb
+        assert [r["figure"] for r in data["vs_published"]] == ["checkpoint file"]

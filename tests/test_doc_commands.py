@@ -52,6 +52,7 @@ EXEMPT: dict[str, str] = {
     "python bench/flux_e2e.py                         # GPU, all configurations": "needs a CUDA GPU",
     "python bench/flux_e2e.py --skip-torch-ref --resolutions 1024 --batches 1": "needs a CUDA GPU",
     "python bench/flux_e2e.py": "needs a CUDA GPU",
+    "python bench/flux_e2e.py --model flux2-klein-4b                      # GPU: bf16 vs ternary, 1024² b1": "needs a CUDA GPU",
     "python bench/kernels.py": "needs a CUDA GPU",
     "python bench/kernels.py --cuda-graph        # GPU time only (graph replays)": "needs a CUDA GPU",
     "python bench/kernels.py                     # GPU: all FLUX.1 + FLUX.2 [klein] shapes x M, table + JSON": "needs a CUDA GPU",

@@ -255,3 +255,50 @@ def test_autotune_configs_collapse_and_prune(monkeypatch):
                 assert keys and all(tc.gemv_block_ok(bm, kk, dot) for kk in keys)
                 assert not (int8 and dot) or all(128 % kk[1] == 0 for kk in keys)
     assert [tc.m_bucket(m) for m in (1, 2, 3, 16, 17, 4608, 10**6)] == [1, 2, 4, 16, 32, 8192, 8192]
+
+
+# --------------------------------------------------------------------------- FLUX.2 [klein], group 128
+# klein 4B's linears at H = 3072 (qkv / single modulation 3H x H, attn out H x H, SwiGLU up and
+# double modulation 6H x H, down H x 3H, single linear1 9H x H, linear2 H x 4H) with one scale per
+# 128 inputs (Bonsai's layout), scaled down to H = 256 (the interpreter costs ~N x K): the same
+# N:K ratios, K = 2 .. 8 groups, N a multiple of the interpreter's 64-row tile. Through the backend entry the model calls (the
+# route: M <= 16 small-M kernel, larger M the GEMM), forced to Triton as on a GPU.
+KLEIN_H = 256
+KLEIN_SHAPES = {  # layer: (N, K)
+    "qkv-3HxH": (3 * KLEIN_H, KLEIN_H),
+    "attn-out-HxH": (KLEIN_H, KLEIN_H),
+    "mlp0-6HxH": (6 * KLEIN_H, KLEIN_H),
+    "mlp2-Hx3H": (KLEIN_H, 3 * KLEIN_H),
+    "linear1-9HxH": (9 * KLEIN_H, KLEIN_H),
+    "linear2-Hx4H": (KLEIN_H, 4 * KLEIN_H),
+}
+
+
+def _dequant_matmul(x: torch.Tensor, tw: TernaryWeight) -> torch.Tensor:
+    """The plain torch answer: dequantize (codes - 1) x group scale, then one fp64 matmul."""
+    return x.double() @ tw.dequantize(torch.float64).T
+
+
+@pytest.mark.parametrize("layer", list(KLEIN_SHAPES))
+def test_klein_shapes_group128_gemm_and_gemv(layer):
+    from ternaryflux.kernels import dispatch
+
+    n, k = KLEIN_SHAPES[layer]
+    tw = _weight(n, k, 128, seed=n + k)
+    assert tw.scale.shape == (n, k // 128) and k // 128 >= 2  # real per-group scales
+    dtype = torch.bfloat16  # the model's activations
+    for m in (1, 2, 3, 4, 32):  # small-M kernel (M = 1..4, CUDA-core path), tiled GEMM (M = 32)
+        x, _ = _inputs(m, n, k, dtype, seed=m + n, bias=False)
+        for act in ("a16", "a8"):
+            b = dispatch.resolve_backend("triton", x, tw.packed, act, tw.scale)
+            assert b.name == "triton", (layer, m, act)  # group 128 is not sent to torch
+            kernel, grouped = triton_backend.route(x, tw.packed, tw.scale, act)[2::4]
+            assert (kernel, grouped) == ("gemv" if m <= 16 else "gemm", True)
+        y = triton_backend.run(x, tw.packed, tw.scale, k, None, "a16")
+        assert y.dtype == dtype and y.shape == (m, n)
+        assert _rel(y, _dequant_matmul(x, tw)) <= A16_BOUND[dtype], (layer, m)
+        if m not in (1, 32):  # A8: one small-M and one GEMM call (the interpreter is slow)
+            continue
+        y8 = triton_backend.run(x, tw.packed, tw.scale, k, None, "a8")
+        assert _rel(y8, reference.ternary_linear_a8(x, tw.packed, tw.scale, k)) <= 8e-3, (layer, m)
+        assert _rel(y8, _dequant_matmul(x, tw)) <= A8_VS_A16_BOUND, (layer, m)
