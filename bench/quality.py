@@ -15,7 +15,11 @@ Methods (``--methods``):
                   explicit since the tool's default became sequential)
   calibrated-seq  ``--block-inputs sequential``: each block calibrated on what the already-ternary
                   earlier blocks give it (target: the float block output)
-  distill         ``ternaryflux distill`` from calibrated-seq (or calibrated), --distill-steps
+  distill         ``ternaryflux distill`` from calibrated-seq (or calibrated), --distill-steps;
+                  ``--distill-memory`` streamed (default, bounded: teacher cached on disk under the
+                  work folder), resident (the unbounded reference; row ``distill-resident``) or both
+                  (both rows from the same starting checkpoint; each row records the distill
+                  report's wall time and the checkpoint's sha256, of the file and of its tensors)
 
     python bench/quality.py                 # full table, about 15-25 min on 2 shared cores
     python bench/quality.py --quick         # smaller sets (what the CI test runs, in-process)
@@ -27,12 +31,19 @@ method under each ternary policy (``quantize --ternary-layers``; rows ``method [
     python bench/quality.py --architecture flux2 --methods float twn calibrated calibrated-seq \
         --policies blocks blocks+modulation --threads 1 --out bench/results/quality-flux2-policy.json \
         --grid bench/results/quality-flux2-policy-grid.png
+
+Bounded (streamed) vs unbounded (resident) distill on the FLUX.1 proxy (docs/DISTILL.md):
+
+    python bench/quality.py --methods float calibrated-seq distill --distill-memory both --seeds 4 \
+        --threads 1 --out bench/results/quality-distill-memory.json \
+        --grid bench/results/quality-distill-memory-grid.png
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -75,6 +86,29 @@ def tool(argv: list[str]) -> None:
         raise RuntimeError(f"ternaryflux {' '.join(argv)} failed ({rc}):\n{buf.getvalue()}")
 
 
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tensors_sha256(path: Path) -> str:
+    """sha256 of a safetensors file's tensors (names, dtypes, shapes, bytes) without its metadata:
+    the streamed and resident distill checkpoints differ in metadata only by ``memory``."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        data = f.read()
+    h = hashlib.sha256()
+    for name in sorted(k for k in header if k != "__metadata__"):
+        e = header[name]
+        h.update(json.dumps([name, e["dtype"], e["shape"]]).encode())
+        h.update(data[e["data_offsets"][0] : e["data_offsets"][1]])
+    return h.hexdigest()
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--proxy", type=Path, default=None, help="float proxy file (default: committed/cached)")
@@ -99,6 +133,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--distill-steps", type=int, default=300)
     ap.add_argument("--distill-lr", type=float, default=1e-4)
     ap.add_argument("--distill-from", default="calibrated-seq", choices=["calibrated", "calibrated-seq"])
+    ap.add_argument(
+        "--distill-memory",
+        choices=["streamed", "resident", "both"],
+        default="streamed",
+        help="distill --memory: streamed (default; row distill), resident (row distill-resident) or both "
+        "(both rows, from the same starting checkpoint)",
+    )
     ap.add_argument("--steps", type=int, default=SamplerSettings.steps, help="Euler steps")
     ap.add_argument("--cfg", type=float, default=SamplerSettings.cfg, help="classifier-free guidance")
     ap.add_argument("--grid-cols", type=int, default=10)
@@ -130,16 +171,25 @@ def main(argv: list[str] | None = None) -> dict:
     log.info("calibration: %d samples (%d captions) in %.0f s", n, args.cal_captions, time.time() - t0)
     results: dict[str, dict] = {}
     grid_rows, names = [], []
-    runs = [(m, None) for m in args.methods]
+    # row name -> (method, distill --memory): `distill` is streamed, `distill-resident` resident
+    distill_rows = {"distill": "streamed", "distill-resident": "resident"}
+    memories = ("streamed", "resident") if args.distill_memory == "both" else (args.distill_memory,)
+    rows = []
+    for m in args.methods:
+        rows += [r for r, mem in distill_rows.items() if mem in memories] if m == "distill" else [m]
+    runs = [(r, None) for r in rows]
     if args.policies:
-        runs = [(m, p) for m in args.methods for p in ([None] if m == "float" else args.policies)]
-    for m, policy in runs:
+        runs = [(r, p) for r in rows for p in ([None] if r == "float" else args.policies)]
+    for name, policy in runs:
         t = time.time()
-        key = m if policy is None else f"{m} [{policy}]"
+        m, memory = ("distill", distill_rows[name]) if name in distill_rows else (name, None)
+        key = name if policy is None else f"{name} [{policy}]"
         suffix = "" if policy is None else "-" + policy.replace("+", "-")
-        ck = work / f"{m}{suffix}.safetensors"
-        common = ["--no-progress"] + ([] if policy is None else ["--ternary-layers", policy])
+        ck = work / f"{name}{suffix}.safetensors"
+        common = ["--no-progress", "--threads", str(args.threads)]
+        common += [] if policy is None else ["--ternary-layers", policy]
         note = ""
+        extra: dict = {}
         if m == "float":
             ck = src
         elif m in ("absmean", "twn"):
@@ -158,10 +208,26 @@ def main(argv: list[str] | None = None) -> dict:
             start = work / f"{args.distill_from}{suffix}.safetensors"
             if not start.exists():
                 raise SystemExit(f"distill needs {args.distill_from} in --methods before it")
+            cache = ["--cache-dir", str(work / "teacher-cache")] if memory == "streamed" else []
             tool(["distill", "--teacher", str(src), "--student", str(start), "--calibration", str(cal),
                   "--steps", str(args.distill_steps), "--lr", str(args.distill_lr), "-o", str(ck),
-                  "--optimizer", "adamw", "--no-progress"])  # fmt: skip
-            note = f"from {args.distill_from}, {args.distill_steps} steps, lr {args.distill_lr}"
+                  "--optimizer", "adamw", "--memory", memory, *cache, "--no-progress",
+                  "--threads", str(args.threads)])  # fmt: skip
+            note = f"from {args.distill_from}, {args.distill_steps} steps, lr {args.distill_lr}, --memory {memory}"
+            rep = json.loads(ck.with_name(ck.name.removesuffix(".safetensors") + ".report.json").read_text())
+            extra = {
+                "distill": {
+                    "memory": memory,
+                    "start_sha256": sha256(start),
+                    "seconds": rep["seconds"],
+                    "seconds_per_phase": rep["seconds_per_phase"],
+                    "velocity_rel_err_before": rep["velocity_rel_err_before"],
+                    "velocity_rel_err_after": rep["velocity_rel_err_after"],
+                    "eval_on": rep["eval_on"],
+                    "peak_rss_bytes": rep["peak_rss_bytes"],
+                    "optimizer": rep["optimizer"],
+                }
+            }
         t_make = time.time() - t
         model = load_model(ck)
         imgs = generate(model, scenes, seeds, settings, sampler)
@@ -173,6 +239,9 @@ def main(argv: list[str] | None = None) -> dict:
             "make_seconds": t_make,
             "total_seconds": time.time() - t,
             "note": note,
+            "sha256": sha256(ck),
+            "tensors_sha256": tensors_sha256(ck),
+            **extra,
         }
         log.info("%s: overall %.3f, velocity err %.3f (%.0f s)", key, sc["overall"], verr, time.time() - t)
         idx = [i * len(seeds) for i in range(0, len(scenes), max(1, len(scenes) // args.grid_cols))]

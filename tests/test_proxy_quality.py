@@ -65,3 +65,38 @@ def test_quick_quality_pipeline(tmp_path):
     assert res["calibrated"]["overall"] >= res["absmean"]["overall"], res
     assert res["calibrated"]["velocity_rel_err"] < res["absmean"]["velocity_rel_err"], res
     assert (tmp_path / "grid.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_quick_distill_memory_both(tmp_path):
+    """``--distill-memory both`` (the bounded-vs-unbounded table's command) at CI scale: the
+    streamed and the resident distill start from the same checkpoint and write the same tensors
+    (their files differ only in the ``memory`` metadata), so they score the same."""
+    report = _bench().main(
+        [
+            "--quick",
+            "--threads",
+            "1",
+            "--methods",
+            "calibrated-seq",
+            "distill",
+            "--distill-memory",
+            "both",
+            "--workdir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "q.json"),
+            "--grid",
+            str(tmp_path / "grid.png"),
+        ]
+    )
+    res = report["results"]
+    assert list(res) == ["calibrated-seq", "distill", "distill-resident"]
+    s, r = res["distill"], res["distill-resident"]
+    assert (s["distill"]["memory"], r["distill"]["memory"]) == ("streamed", "resident")
+    assert s["distill"]["start_sha256"] == r["distill"]["start_sha256"] == res["calibrated-seq"]["sha256"]
+    assert s["tensors_sha256"] == r["tensors_sha256"]
+    assert s["overall"] == r["overall"] and s["velocity_rel_err"] == r["velocity_rel_err"]
+    assert s["velocity_rel_err"] < res["calibrated-seq"]["velocity_rel_err"]
+    # the streamed run's teacher cache went to the work folder, not ~/.cache
+    assert any((tmp_path / "teacher-cache").iterdir())
