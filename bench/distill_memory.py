@@ -22,7 +22,7 @@ the teacher cache (block, e2e), the open teacher file.
 
 Usage::
 
-    nice -n 10 python bench/distill_memory.py              # ~3 min on 2 cores
+    nice -n 10 python bench/distill_memory.py              # ~10 min on 2 busy cores (e2e rows: 1-4 min each)
     python bench/distill_memory.py --only flux1:512:block  # one case
 """
 
@@ -199,9 +199,10 @@ def child(preset: str, hidden: int, resolution: int, txt_len: int, phase: str) -
         sd = student_state_dict(src, cfg, (sts[worst].prefix,))
     elif phase == "e2e":
         sd = student_state_dict(src, cfg)
-    dcfg = DistillConfig(steps=3 if phase == "e2e" else 2, block_steps=2, batch=1, save_every=10**6)
+    # block: 2 steps of the block; e2e: one end-to-end step (steps - block_steps)
+    dcfg = DistillConfig(steps=2, block_steps=1 if phase == "e2e" else 2, batch=1, save_every=10**6)
     world = World()
-    counter = {"done": 0, "world": world, "graceful": GracefulStop()}
+    counter = {"done": 0, "world": world, "graceful": GracefulStop(), "shard": False}
     common = {
         "cfg": dcfg,
         "world": world,
@@ -246,7 +247,7 @@ def child(preset: str, hidden: int, resolution: int, txt_len: int, phase: str) -
                 "optimizer": ds._to_cpu(opt.state_dict()),
             }
             del block, params, opt
-        ds._e2e_phase(cfg, sd, samples, cache, state=state, host=host, **common)
+        ds._e2e_phase(cfg, sd, src.get, samples, cache, state=state, host=host, **common)
     else:
         raise SystemExit(f"unknown phase {phase}")
     peak = peak_rss_bytes()

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from ..core.calibration_data import CalibrationSample, write_calibration
 from ..core.fixtures import make_flux_state_dict, tiny_flux_config
-from ..core.flux_layout import FluxConfig
+from ..core.flux_layout import Flux2Config, FluxConfig
 from ..core.flux_model import flux_from_state_dict
 from .sampling import euler_trajectory, flux2_sigmas, flux_sigmas, synthetic_conditioning
 from .sources import COMFY_PREFIX, bfl_to_diffusers
@@ -111,15 +111,15 @@ def write_structured_fixture(
 
 
 def write_synthetic_flux(
-    path: Path, config: FluxConfig, dtype: torch.dtype = torch.bfloat16, seed: int = 0
+    path: Path, config: FluxConfig | Flux2Config, dtype: torch.dtype = torch.bfloat16, seed: int = 0
 ) -> int:
     """Write a FLUX-shaped BFL checkpoint of random weights tensor by tensor (bounded memory,
     for streaming tests and benchmarks). Returns the file size."""
-    from ..core.flux_model import Flux
+    from ..core.flux_model import model_class
     from .writer import StreamingSafetensorsWriter
 
-    with torch.device("meta"):
-        shapes = [(k, tuple(v.shape)) for k, v in Flux(config).state_dict().items()]
+    with torch.device("meta"):  # FLUX.1 or FLUX.2 (by the config)
+        shapes = [(k, tuple(v.shape)) for k, v in model_class(config)(config).state_dict().items()]
     g = torch.Generator().manual_seed(seed)
     with StreamingSafetensorsWriter(path, [(k, dtype, s) for k, s in shapes]) as w:
         for k, s in shapes:

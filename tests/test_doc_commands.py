@@ -62,6 +62,8 @@ EXEMPT: dict[str, str] = {
     "python bench/aot_check.py --targets sm_89 --kernels gemm --out /tmp/aot.json": "hundreds of Triton compiles (minutes); tests/test_aot.py runs the CI subset",
     "python -m pytest -q tests/test_aot.py          # the CI subset": "part of README command 2 (.ci/run runs the whole suite)",
     "bash bench/run_gpu.sh": "needs a CUDA GPU",
+    "python bench/distill_memory.py": "every phase of the engine on scaled models (~10 min on 2 cores); tests/test_distill_plan.py checks the planner, `--presets` runs here",
+    "python bench/distill.py": "times the engine on a scaled FLUX.1-dev (minutes); `python bench/distill.py --project-only` runs here, tests/test_distill_throughput.py checks the projection",
     # docs/DISTILL.md "Many GPUs": GPUs and a cluster; the 2-process CPU command of the same page runs here
     "torchrun --standalone --nproc-per-node 8 -m ternaryflux distill --teacher flux1-dev.safetensors      --student flux1-dev-t.safetensors --calibration calib.safetensors --heldout heldout.safetensors      --batch 8 --device cuda -o flux1-dev-td.safetensors": "needs 8 CUDA GPUs; the 2-process CPU command printed next to it runs the same path here, and tests/test_distill_distributed.py checks it against the 1-process run",
     'HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)': "a line of a SLURM batch script (needs an allocation)",
