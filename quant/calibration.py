@@ -45,12 +45,17 @@ def load_calibration(
         "num_samples_available": total,
         "num_samples": len(samples),
         "images": sum(int(s.x.shape[0]) for s in samples),
-        "image_tokens": sum(
-            int(s.x.shape[0] * ((s.x.shape[2] + 1) // 2) * ((s.x.shape[3] + 1) // 2)) for s in samples
-        ),
+        "image_tokens": sum(_image_tokens(s) for s in samples),
         "timesteps": sorted({round(float(t), 4) for s in samples for t in s.timestep.flatten().tolist()}),
     }
     return samples, summary
+
+
+def _image_tokens(s: CalibrationSample) -> int:
+    """Image tokens of a sample: FLUX.2 latents (128 channels) go in with patch 1, FLUX.1's with
+    2x2 patches."""
+    p = 1 if s.x.shape[1] == Flux2Config().in_channels else 2
+    return int(s.x.shape[0] * -(-s.x.shape[2] // p) * -(-s.x.shape[3] // p))
 
 
 def check_calibration_fits(

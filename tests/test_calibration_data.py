@@ -49,3 +49,15 @@ def test_bad_samples_and_files(tmp_path):
     nan.x[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
         write_calibration(tmp_path / "n.safetensors", [nan])
+
+
+def test_summary_counts_image_tokens_per_architecture(tmp_path):
+    """FLUX.1 latents go in as 2x2 patches (odd sizes padded), FLUX.2's 128-channel latents with patch 1."""
+    from ternaryflux.core.calibration_data import CalibrationSample, write_calibration
+    from ternaryflux.quant.calibration import load_calibration
+
+    flux1 = CalibrationSample(torch.zeros(1, 16, 9, 8), torch.zeros(1), torch.zeros(1, 3, 4))
+    flux2 = CalibrationSample(torch.zeros(2, 128, 4, 4), torch.zeros(2), torch.zeros(2, 3, 4))
+    for name, sample, tokens in (("f1", flux1, 5 * 4), ("f2", flux2, 2 * 4 * 4)):
+        write_calibration(tmp_path / f"{name}.safetensors", [sample], {"source": "synthetic"})
+        assert load_calibration([tmp_path / f"{name}.safetensors"])[1]["image_tokens"] == tokens
