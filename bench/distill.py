@@ -226,11 +226,10 @@ def measure() -> dict:
     import distill_memory as dm
     from ternaryflux.quant import distill_streamed as ds
     from ternaryflux.quant.distill import DistillConfig
-    from ternaryflux.quant.distributed import GracefulStop, World
+    from ternaryflux.quant.distributed import World
     from ternaryflux.quant.flux import limit_heap_growth
     from ternaryflux.quant.sources import open_source
     from ternaryflux.quant.teacher_cache import build_teacher_cache, stages
-    from tqdm import tqdm
 
     limit_heap_growth()
     torch.manual_seed(0)
@@ -252,26 +251,14 @@ def measure() -> dict:
             steps=BLOCK_STEPS + E2E_STEPS, block_steps=BLOCK_STEPS, batch=1, save_every=10**6
         )
         world = World()
-        counter = {"done": 0, "world": world, "graceful": GracefulStop(), "shard": False}
         state = ds.StateFolder(tmp / "state", world)
         state.start({"bench": "throughput"}, resume=False)
-        common = {
-            "cfg": dcfg,
-            "state": state,
-            "world": world,
-            "device": torch.device("cpu"),
-            "compute_dtype": torch.float32,
-            "counter": counter,
-            "stop_after": None,
-            "bar": tqdm(disable=True),
-            "history": [],
-            "host": {},
-        }
+        run = ds.PhaseRun(dcfg, state, world=world)
         t = time.perf_counter()
-        ds._block_phase(cfg, sd, src.get, cache, len(samples), **common)
+        ds._block_phase(run, cfg, sd, src.get, cache, len(samples))
         rows.append(("block", time.perf_counter() - t, BLOCK_STEPS, BLOCK_STEPS * dcfg.batch))
         t = time.perf_counter()
-        ds._e2e_phase(cfg, sd, src.get, samples, cache, **common)
+        ds._e2e_phase(run, cfg, sd, src.get, samples, cache)
         rows.append(("e2e", time.perf_counter() - t, E2E_STEPS, E2E_STEPS * dcfg.batch))
     finally:
         import shutil

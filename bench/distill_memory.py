@@ -173,11 +173,10 @@ def child(preset: str, hidden: int, resolution: int, txt_len: int, phase: str) -
     import torch
     from ternaryflux.quant import distill_streamed as ds
     from ternaryflux.quant.distill import DistillConfig, make_optimizer
-    from ternaryflux.quant.distributed import GracefulStop, World
+    from ternaryflux.quant.distributed import World
     from ternaryflux.quant.flux import limit_heap_growth, peak_rss_bytes
     from ternaryflux.quant.sources import open_source
     from ternaryflux.quant.teacher_cache import build_teacher_cache, stages
-    from tqdm import tqdm
 
     limit_heap_growth()
     torch.manual_seed(0)
@@ -202,21 +201,11 @@ def child(preset: str, hidden: int, resolution: int, txt_len: int, phase: str) -
     # block: 2 steps of the block; e2e: one end-to-end step (steps - block_steps)
     dcfg = DistillConfig(steps=2, block_steps=1 if phase == "e2e" else 2, batch=1, save_every=10**6)
     world = World()
-    counter = {"done": 0, "world": world, "graceful": GracefulStop(), "shard": False}
-    common = {
-        "cfg": dcfg,
-        "world": world,
-        "device": torch.device("cpu"),
-        "compute_dtype": torch.float32,
-        "counter": counter,
-        "stop_after": None,
-        "bar": tqdm(disable=True),
-        "history": [],
-    }
-    state = None
+    run = None
     if phase != "cache":
         state = ds.StateFolder(tmp / "state", world)
         state.start({"bench": phase}, resume=False)
+        run = ds.PhaseRun(dcfg, state, world=world)
 
     # warm-up: autograd engine, thread pools, bitsandbytes' native library
     w = torch.nn.Parameter(torch.randn(64, 64))
@@ -229,30 +218,29 @@ def child(preset: str, hidden: int, resolution: int, txt_len: int, phase: str) -
     reset_ok = _reset_peak()
     base_hwm = peak_rss_bytes()
     t0 = time.perf_counter()
-    host: dict = {}
     if phase == "cache":
         build_teacher_cache(src, samples, tmp / "cache", teacher_sha256="x", dtype="float32", progress=False)
     elif phase == "block":
-        ds._block_phase(cfg, sd, src.get, cache, len(samples), state=state, host=host, only=[worst], **common)
+        ds._block_phase(run, cfg, sd, src.get, cache, len(samples), only=[worst])
     elif phase == "e2e":
         # the host state the block phase leaves: every block's latents + optimizer state (1 step)
         for b, stage in enumerate(sts):
             block, params = ds._ste_block(cfg, stage, sd, torch.device("cpu"))
-            opt = ds._optimizer(block, dcfg, counter)
+            opt = ds._optimizer(block, dcfg, run.counter)
             for p in params.values():
                 p.grad = torch.zeros_like(p)
             opt.step()
-            host[b] = {
+            run.host[b] = {
                 "params": {n: p.detach().clone() for n, p in params.items()},
                 "optimizer": ds._to_cpu(opt.state_dict()),
             }
             del block, params, opt
-        ds._e2e_phase(cfg, sd, src.get, samples, cache, state=state, host=host, **common)
+        ds._e2e_phase(run, cfg, sd, src.get, samples, cache)
     else:
         raise SystemExit(f"unknown phase {phase}")
     peak = peak_rss_bytes()
     seconds = time.perf_counter() - t0
-    del host
+    del run
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)

@@ -36,7 +36,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -325,27 +325,54 @@ def _set_lr(opt: torch.optim.Optimizer, factor: float) -> None:
         g["lr"] = g["base_lr"] * factor
 
 
+@dataclass
+class PhaseRun:
+    """What the two phases share: the recipe, where the state goes, the device, and the run's
+    bookkeeping (``counter``: steps done, the world, the signal handler, sharding, the optimizer
+    name; ``host``: every block's trainable tensors and optimizer state between phases)."""
+
+    cfg: DistillConfig
+    state: StateFolder
+    world: World = field(default_factory=World)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    compute_dtype: torch.dtype = torch.float32
+    stop_after: int | None = None
+    shard: bool = False
+    bar: tqdm = field(default_factory=lambda: tqdm(disable=True))
+    history: list[dict[str, Any]] = field(default_factory=list)
+    host: dict[Any, dict[str, Any]] = field(default_factory=dict)
+    counter: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.counter = {
+            "done": 0,
+            "world": self.world,
+            "graceful": GracefulStop(),
+            "shard": self.shard,
+            **self.counter,
+        }
+
+
 def _block_phase(
+    run: PhaseRun,
     cfg_model,
     sd: dict[str, torch.Tensor],
     teacher_get: Callable[[str], torch.Tensor],
     cache: TeacherCache,
     n_samples: int,
-    cfg: DistillConfig,
-    state: StateFolder,
-    world: World,
-    device: torch.device,
-    compute_dtype: torch.dtype,
-    counter: dict[str, Any],
-    stop_after: int | None,
-    bar: tqdm,
-    history: list[dict[str, Any]],
-    host: dict[int, dict[str, Any]],
     only: Sequence[int] | None = None,
 ) -> bool:
-    """Train each block on its cached input/output pairs; ``host[b]`` receives block ``b``'s
+    """Train each block on its cached input/output pairs; ``run.host[b]`` receives block ``b``'s
     trainable tensors and optimizer state (the end-to-end phase continues from them).
     ``only``: train just these block indices (``bench/distill_memory.py`` runs one block)."""
+    cfg, state, world, device, counter = run.cfg, run.state, run.world, run.device, run.counter
+    compute_dtype, stop_after, bar, history, host = (
+        run.compute_dtype,
+        run.stop_after,
+        run.bar,
+        run.history,
+        run.host,
+    )
     sts = stages(cfg_model)
     nb = cfg.n_block_steps
     for b, stage in enumerate(sts):
@@ -466,21 +493,12 @@ def _view(ste: STETernaryLinear) -> FrozenCodeLinear:
 
 
 def _e2e_phase(
+    run: PhaseRun,
     cfg_model,
     sd: dict[str, torch.Tensor],
     teacher_get: Callable[[str], torch.Tensor],
     samples: Sequence[CalibrationSample],
     cache: TeacherCache,
-    cfg: DistillConfig,
-    state: StateFolder,
-    world: World,
-    device: torch.device,
-    compute_dtype: torch.dtype,
-    counter: dict[str, Any],
-    stop_after: int | None,
-    bar: tqdm,
-    history: list[dict[str, Any]],
-    host: dict[int, dict[str, Any]],
 ) -> bool:
     """End to end on the velocity, the resident run's math with one block resident at a time.
 
@@ -490,6 +508,14 @@ def _e2e_phase(
     its saved input with autograd, its gradient (summed over the ranks) makes the optimizer step
     at once, and the gradient of its input goes on to the block before. Latent weights and
     optimizer state of the other blocks stay on the host."""
+    cfg, state, world, device, counter = run.cfg, run.state, run.world, run.device, run.counter
+    compute_dtype, stop_after, bar, history, host = (
+        run.compute_dtype,
+        run.stop_after,
+        run.bar,
+        run.history,
+        run.host,
+    )
     nb = cfg.n_block_steps
     n_e2e = cfg.steps - nb
     if n_e2e <= 0:
@@ -701,37 +727,32 @@ def distill_streamed(
     state.start({**settings, "distill": {k: v for k, v in asdict(cfg).items() if k != "save_every"}}, resume)
     n_stages = len(stages(cfg_model))
     total = n_stages * cfg.n_block_steps + max(cfg.steps - cfg.n_block_steps, 0)
-    bar = tqdm(total=total, desc="distill (streamed)", unit="step", disable=not progress or not world.is_main)
-    sharded = shard == "fsdp" and world.distributed
-    counter: dict[str, Any] = {"done": 0, "world": world, "graceful": GracefulStop(), "shard": sharded}
-    history: list[dict[str, Any]] = []
+    run = PhaseRun(
+        cfg,
+        state,
+        world=world,
+        device=device,
+        compute_dtype=compute_dtype,
+        stop_after=stop_after,
+        shard=shard == "fsdp" and world.distributed,
+        bar=tqdm(
+            total=total, desc="distill (streamed)", unit="step", disable=not progress or not world.is_main
+        ),
+    )
     t0 = time.perf_counter()
-    host: dict[int, dict[str, Any]] = {}
-    common = {
-        "host": host,
-        "cfg": cfg,
-        "state": state,
-        "world": world,
-        "device": device,
-        "compute_dtype": compute_dtype,
-        "counter": counter,
-        "stop_after": stop_after,
-        "bar": bar,
-        "history": history,
-    }
-    with counter["graceful"]:
+    with run.counter["graceful"]:
         t_block = time.perf_counter()
-        ok = _block_phase(cfg_model, sd, teacher_get, cache, len(samples), **common)
+        ok = _block_phase(run, cfg_model, sd, teacher_get, cache, len(samples))
         t_block = time.perf_counter() - t_block
         t_e2e = time.perf_counter()
-        ok = ok and _e2e_phase(cfg_model, sd, teacher_get, samples, cache, **common)
+        ok = ok and _e2e_phase(run, cfg_model, sd, teacher_get, samples, cache)
         t_e2e = time.perf_counter() - t_e2e
-    bar.close()
+    run.bar.close()
     return {
         "completed": ok,
-        "optimizer": counter.get("optimizer", cfg.optimizer),
+        "optimizer": run.counter.get("optimizer", cfg.optimizer),
         "seconds": time.perf_counter() - t0,
         "seconds_block_phase": t_block,
         "seconds_e2e_phase": t_e2e,
-        "history": history,
+        "history": run.history,
     }
