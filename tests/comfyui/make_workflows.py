@@ -221,16 +221,21 @@ def decode_save(g: Graph, latent: int, vae: int, x: int, y: int, prefix: str, sl
     g.link(dec, 0, save, "images")
 
 
-def txt2img() -> dict:
-    g = Graph()
-    model = g.add(
+def ternary_loader(g: Graph, unet_name: str) -> int:
+    """Load Ternary FLUX with the defaults a shared workflow should carry."""
+    return g.add(
         "TernaryFluxLoader",
         (40, 40),
-        unet_name="flux1-dev-ternary.safetensors",
+        unet_name=unet_name,
         kernel_backend="auto",
         activations="bf16",
         compute_dtype="default",
     )
+
+
+def txt2img() -> dict:
+    g = Graph()
+    model = ternary_loader(g, "flux1-dev-ternary.safetensors")
     clip, vae = encoders(g)
     pos, neg = text_branch(g, clip, PROMPT, 200)
     latent = g.add("EmptySD3LatentImage", (780, 460), width=1024, height=1024, batch_size=1)
@@ -255,14 +260,7 @@ def txt2img() -> dict:
 
 def txt2img_lora() -> dict:
     g = Graph()
-    model = g.add(
-        "TernaryFluxLoader",
-        (40, 40),
-        unet_name="flux1-dev-ternary.safetensors",
-        kernel_backend="auto",
-        activations="bf16",
-        compute_dtype="default",
-    )
+    model = ternary_loader(g, "flux1-dev-ternary.safetensors")
     lora = g.add("LoraLoaderModelOnly", (420, 40), lora_name="my_flux_lora.safetensors", strength_model=1.0)
     g.link(model, 0, lora, "model")
     msf = g.add("ModelSamplingFlux", (780, 40), max_shift=1.15, base_shift=0.5, width=1024, height=1024)
@@ -421,14 +419,7 @@ FLUX2_NOTE = """FLUX.2 [klein] / Bonsai Image 4B, ternary
 
 def flux2_klein_txt2img() -> dict:
     g = Graph()
-    model = g.add(
-        "TernaryFluxLoader",
-        (40, 40),
-        unet_name="bonsai-4b-ternary.safetensors",
-        kernel_backend="auto",
-        activations="bf16",
-        compute_dtype="default",
-    )
+    model = ternary_loader(g, "bonsai-4b-ternary.safetensors")
     clip = g.add("CLIPLoader", (40, 260), clip_name="qwen_3_4b.safetensors", type="flux2", device="default")
     vae = g.add("VAELoader", (40, 460), vae_name="flux2-vae.safetensors")
     enc = g.add("CLIPTextEncode", (420, 200), text=PROMPT)
