@@ -152,6 +152,8 @@ def _distill_cmd(tiny, out: Path, steps: int, *extra: str) -> list[str]:
         "1",
         "--optimizer",
         "adamw",
+        "--cache-dir",
+        str(tiny["model"].parent / "teacher-cache"),
         "-o",
         str(out),
         "--no-progress",
@@ -168,23 +170,23 @@ def test_distill_interrupt_names_resume(tiny, tmp_path):
         text=True,
         env=_env(tmp_path),
     )
-    state = tmp_path / "d.distill-state.pt"
-    _wait_for(state.exists, 120, proc)
+    state = tmp_path / "d.distill-state"  # --memory streamed (the default): a folder
+    _wait_for(lambda: state.is_dir() and any(state.glob("*.pt")), 120, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     last = [ln for ln in err.splitlines() if ln.strip()][-1]
     assert "--resume" in last and str(state) in last and "Traceback" not in err, err
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in [*tmp_path.iterdir(), *state.iterdir()] if p.name.endswith(".tmp")]
 
 
 def test_distill_removes_its_state_on_success_unless_keep_state(tiny, tmp_path):
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     env = _env(tmp_path)
     subprocess.run(_distill_cmd(tiny, a, 2), check=True, env=env, capture_output=True)
-    assert a.exists() and not (tmp_path / "a.distill-state.pt").exists()
+    assert a.exists() and not (tmp_path / "a.distill-state").exists()
     subprocess.run(_distill_cmd(tiny, b, 2, "--keep-state"), check=True, env=env, capture_output=True)
-    assert b.exists() and (tmp_path / "b.distill-state.pt").exists()
+    assert b.exists() and (tmp_path / "b.distill-state" / "settings.json").is_file()
 
 
 def test_demo_leaves_nothing_in_tmp(tmp_path):
