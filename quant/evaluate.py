@@ -90,3 +90,16 @@ def velocity_error(
     teacher: nn.Module, student: nn.Module, samples: Sequence[CalibrationSample], device=None
 ) -> float:
     return compare_models(teacher, student, samples, device, per_block=False)["velocity_rel_err"]
+
+
+@torch.no_grad()
+def cached_velocity_error(
+    model: nn.Module, cache, samples: Sequence[CalibrationSample], offset: int = 0, device=None
+) -> float:
+    """:func:`velocity_error` against the teacher velocities of a
+    :class:`~.teacher_cache.TeacherCache` (sample ``j`` is cached as ``offset + j``)."""
+    vel = _Acc()
+    for j, s in enumerate(samples):
+        vt = cache.velocity(offset + j, device)
+        vel.add(model.forward_latent(**s.as_inputs(device, torch.float32)).float(), vt, vt)
+    return vel.value

@@ -49,10 +49,10 @@ from ..quant.distill import DistillConfig, distill, export_student, make_student
 from ..quant.distill_plan import PRESETS, PlanSettings, fmt_bytes, format_plan, parse_memory, plan_distill
 from ..quant.distill_streamed import distill_streamed
 from ..quant.distributed import barrier, fsdp_optimizer_kind, init_world, local_positions, shutdown
-from ..quant.evaluate import velocity_error
+from ..quant.evaluate import cached_velocity_error, velocity_error
 from ..quant.flux import peak_rss_bytes, resolve_device
 from ..quant.sources import open_source
-from ..quant.teacher_cache import TeacherCache, build_teacher_cache, sha256_files
+from ..quant.teacher_cache import build_teacher_cache, sha256_files
 from .args import (
     FORMATTER,
     ToolError,
@@ -255,22 +255,6 @@ def _run_resident(args, dev, ckpt, src, samples, summary, held, cfg: DistillConf
     return export_student(student, names, ckpt.state_dict), res, before, after
 
 
-@torch.no_grad()
-def _cached_velocity_error(
-    sd, cache: TeacherCache, samples, offset: int, dev, prog: bool, what: str
-) -> float:
-    """The student's velocity error against the cached teacher velocities (samples ``offset``...)."""
-    model = flux_from_state_dict(sd, dtype=torch.float32, device=dev)
-    num = den = 0.0
-    for j, s in enumerate(WithProgress(samples, what, prog)):
-        vt = cache.velocity(offset + j, dev)
-        vs = model.forward_latent(**s.as_inputs(dev, torch.float32)).float()
-        num += float((vs - vt).pow(2).sum())
-        den += float(vt.pow(2).sum())
-    del model
-    return math.sqrt(num / den) if den > 0 else float("nan")
-
-
 def _run_streamed(args, dev, ckpt, src, samples, summary, held, cfg: DistillConfig, prog: bool):
     """Bounded memory: teacher cached on disk, one block at a time, then the packed student."""
     world = init_world(dev.type)
@@ -303,7 +287,13 @@ def _run_streamed(args, dev, ckpt, src, samples, summary, held, cfg: DistillConf
         print(f"teacher cache: {cache.directory} ({cache.manifest['bytes'] / 1e9:.2f} GB)")
     eval_set, offset = (held, len(samples)) if held else (samples, 0)
     before = (
-        _cached_velocity_error(ckpt.state_dict, cache, eval_set, offset, dev, prog, "distill: error before")
+        cached_velocity_error(
+            flux_from_state_dict(ckpt.state_dict, dtype=torch.float32, device=dev),
+            cache,
+            WithProgress(eval_set, "distill: error before", prog),
+            offset,
+            dev,
+        )
         if not args.resume and world.is_main
         else None
     )
@@ -334,7 +324,13 @@ def _run_streamed(args, dev, ckpt, src, samples, summary, held, cfg: DistillConf
     if not res["completed"]:
         return None
     after = (
-        _cached_velocity_error(sd, cache, eval_set, offset, dev, prog, "distill: error after")
+        cached_velocity_error(
+            flux_from_state_dict(sd, dtype=torch.float32, device=dev),
+            cache,
+            WithProgress(eval_set, "distill: error after", prog),
+            offset,
+            dev,
+        )
         if world.is_main
         else None
     )
